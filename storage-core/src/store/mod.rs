@@ -1,0 +1,576 @@
+//! The store: the engine's public face. Owns the catalog, the key store, the camera/time index
+//! and the group-commit flusher; hands out [`StreamWriter`]s and [`FrameReader`]s.
+
+mod index;
+mod read;
+mod recover;
+mod stream;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::thread::JoinHandle;
+
+pub use read::{CodecConfig, Frame, FrameReader, ReadItem};
+pub use stream::{FrameIn, StreamWriter};
+
+use crate::catalog::{Catalog, CatalogRecord, SealedInfo};
+use crate::clock::{Clock, SystemClock};
+use crate::io::{StdVfs, Vfs};
+use crate::keys::{DataKey, FileKekProvider, KekProvider, KeyStore};
+use crate::segment::format::{check_camera_id, HEADER_LEN};
+use crate::segment::reader::{read_footer, RecordCursor, Stop};
+use crate::segment::writer::{segment_file_name, SegmentWriter};
+use crate::{Codec, Error, FlushPolicy, Result, SegmentId, StoreConfig};
+use index::{CameraIndex, EntryState};
+use read::SegmentPlan;
+use stream::{check_config, new_header, StreamShared};
+
+/// A damaged structure found on disk, kept for the operator (also logged at error level).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptionReport {
+    /// File holding the damage.
+    pub path: PathBuf,
+    /// Segment, when the file is a segment.
+    pub segment: Option<SegmentId>,
+    /// Offset of the damaged structure.
+    pub offset: Option<u64>,
+    /// What is wrong.
+    pub detail: String,
+    /// When it was found (store clock, microseconds since the epoch).
+    pub detected_us: i64,
+}
+
+/// Counters for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Frames accepted by `append`.
+    pub frames_appended: AtomicU64,
+    /// Payload bytes accepted by `append`.
+    pub payload_bytes_appended: AtomicU64,
+    /// Segments sealed.
+    pub segments_sealed: AtomicU64,
+    /// Segments created.
+    pub segments_created: AtomicU64,
+    /// Failed fsyncs (each poisons its writer).
+    pub fsync_failures: AtomicU64,
+    /// Writes refused because the disk was full.
+    pub no_space_refusals: AtomicU64,
+}
+
+/// A recorded stretch or a gap, `[start_us, end_us]` by frame timestamps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// First frame time (or the gap's start).
+    pub start_us: i64,
+    /// Last frame time (or the gap's end).
+    pub end_us: i64,
+}
+
+/// What is recorded for a camera in a range, and the gaps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recordings {
+    /// Contiguous recorded spans, clipped to the query.
+    pub spans: Vec<Span>,
+    /// The holes between them (and at the ends) inside the query.
+    pub gaps: Vec<Span>,
+}
+
+/// A segment as the index sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentSummary {
+    /// Its id.
+    pub id: SegmentId,
+    /// First frame time.
+    pub first_ts_us: i64,
+    /// Last frame time.
+    pub last_ts_us: i64,
+    /// Summary once sealed; `None` while a stream writes it.
+    pub sealed: Option<SealedInfo>,
+}
+
+pub(crate) struct Inner {
+    pub config: StoreConfig,
+    pub vfs: Arc<dyn Vfs>,
+    pub clock: Arc<dyn Clock>,
+    seg_root: PathBuf,
+    pub keys: Mutex<KeyStore>,
+    catalog: Mutex<Catalog>,
+    next_segment: AtomicU64,
+    cameras: RwLock<HashMap<String, Arc<Mutex<CameraIndex>>>>,
+    camera_dirs: Mutex<std::collections::HashSet<String>>,
+    streams: Mutex<HashMap<u64, Weak<StreamShared>>>,
+    next_stream: AtomicU64,
+    corruptions: Mutex<Vec<CorruptionReport>>,
+    pub metrics: Metrics,
+    shutdown: Mutex<bool>,
+    shutdown_cv: Condvar,
+    no_space: AtomicBool,
+}
+
+/// The segment store. Cheap to share: clone the `Arc` it lives in, or share `&Store`.
+pub struct Store {
+    inner: Arc<Inner>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+/// What a store runs on: file system, clock, KEK provider.
+pub struct Env {
+    /// The file system.
+    pub vfs: Arc<dyn Vfs>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The KEK provider; `None` uses a [`FileKekProvider`] in `config.kek_dir`.
+    pub kek: Option<Arc<dyn KekProvider>>,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env { vfs: Arc::new(StdVfs), clock: Arc::new(SystemClock), kek: None }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) a store on the real file system with the system clock and the file
+    /// KEK provider.
+    pub fn open(config: StoreConfig) -> Result<Store> {
+        Store::open_with(config, Env::default())
+    }
+
+    /// Opens a store on `env`. Recovery runs here: segments left open by a crash are cut at
+    /// their last valid record, sealed and indexed; startup reads the catalog, not the segments.
+    pub fn open_with(config: StoreConfig, env: Env) -> Result<Store> {
+        config.validate()?;
+        let vfs = env.vfs;
+        let kek: Arc<dyn KekProvider> = match env.kek {
+            Some(k) => k,
+            None => Arc::new(FileKekProvider::open(vfs.clone(), config.kek_dir.clone())?),
+        };
+        let seg_root = config.root.join("segments");
+        vfs.create_dir_all(&seg_root).map_err(|e| Error::io("create segments directory", &seg_root, e))?;
+        let keys = KeyStore::open(vfs.clone(), &config.key_dir, kek, env.clock.now_us())?;
+        let loaded = Catalog::open(&vfs, &config.root.join("catalog"))?;
+        let next = loaded.max_segment.max(keys.last_segment()).map_or(1, |s| s.0 + 1);
+        let inner = Arc::new(Inner {
+            config,
+            vfs,
+            clock: env.clock,
+            seg_root,
+            keys: Mutex::new(keys),
+            catalog: Mutex::new(loaded.catalog),
+            next_segment: AtomicU64::new(next),
+            cameras: RwLock::new(HashMap::new()),
+            camera_dirs: Mutex::new(Default::default()),
+            streams: Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(1),
+            corruptions: Mutex::new(Vec::new()),
+            metrics: Metrics::default(),
+            shutdown: Mutex::new(false),
+            shutdown_cv: Condvar::new(),
+            no_space: AtomicBool::new(false),
+        });
+        recover::recover(&inner, loaded.entries)?;
+        let flusher = match inner.config.flush {
+            FlushPolicy::Interval(period) => {
+                let weak = Arc::downgrade(&inner);
+                let handle = std::thread::Builder::new()
+                    .name("camvault-flusher".into())
+                    .spawn(move || flusher_loop(weak, period))
+                    .map_err(|e| Error::io("spawn flusher thread", PathBuf::new(), e))?;
+                Some(handle)
+            }
+            _ => None,
+        };
+        Ok(Store { inner, flusher })
+    }
+
+    /// Opens a stream for `camera` with its codec and configuration (parameter sets, may be
+    /// empty if they travel in-band). Several streams of one camera may be open as long as
+    /// their frames do not overlap in time.
+    pub fn open_stream(&self, camera: &str, codec: Codec, codec_config: &[u8]) -> Result<StreamWriter> {
+        check_camera_id(camera)?;
+        check_config(codec_config)?;
+        let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(StreamShared::new(id, camera.to_string(), codec, codec_config.to_vec()));
+        {
+            let mut streams = self.inner.streams.lock().map_err(|_| Error::Poisoned("stream registry".into()))?;
+            streams.retain(|_, w| w.strong_count() > 0);
+            if streams.len() >= crate::config::STREAMS_MAX {
+                return Err(Error::LimitExceeded { what: "open streams", actual: streams.len() as u64 + 1, max: crate::config::STREAMS_MAX as u64 });
+            }
+            streams.insert(id, Arc::downgrade(&shared));
+        }
+        Ok(StreamWriter { inner: self.inner.clone(), shared })
+    }
+
+    /// Group commit now: every open stream's data is written and fsynced.
+    pub fn flush(&self) -> Result<()> {
+        flush_all(&self.inner)
+    }
+
+    /// Segments of `camera` holding frames in `[from_us, to_us)`, oldest first.
+    pub fn segments(&self, camera: &str, from_us: i64, to_us: i64) -> Result<Vec<SegmentSummary>> {
+        let idx = self.inner.existing_index(camera)?;
+        let idx = idx.lock().map_err(|_| Error::Poisoned("index lock".into()))?;
+        Ok(idx
+            .covering(from_us, to_us)
+            .into_iter()
+            .map(|e| SegmentSummary {
+                id: e.id,
+                first_ts_us: e.first_ts_us,
+                last_ts_us: e.last_ts_us,
+                sealed: match e.state {
+                    EntryState::Sealed(s) => Some(s),
+                    EntryState::Open { .. } => None,
+                },
+            })
+            .collect())
+    }
+
+    /// Recorded spans and gaps of `camera` in `[from_us, to_us)`. Segments closer than the
+    /// configured `gap_us` join into one span.
+    pub fn recordings(&self, camera: &str, from_us: i64, to_us: i64) -> Result<Recordings> {
+        let segs = match self.segments(camera, from_us, to_us) {
+            Ok(s) => s,
+            Err(Error::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut spans: Vec<Span> = Vec::new();
+        for s in segs {
+            let (a, b) = (s.first_ts_us.max(from_us), s.last_ts_us.min(to_us.saturating_sub(1)));
+            if a > b {
+                continue;
+            }
+            match spans.last_mut() {
+                Some(last) if s.first_ts_us - last.end_us <= self.inner.config.gap_us => last.end_us = b,
+                _ => spans.push(Span { start_us: a, end_us: b }),
+            }
+        }
+        let mut gaps = Vec::new();
+        let mut cursor = from_us;
+        for s in &spans {
+            if s.start_us > cursor {
+                gaps.push(Span { start_us: cursor, end_us: s.start_us });
+            }
+            cursor = s.end_us;
+        }
+        if cursor < to_us.saturating_sub(1) && (spans.is_empty() || to_us - cursor > self.inner.config.gap_us) {
+            gaps.push(Span { start_us: cursor, end_us: to_us });
+        }
+        Ok(Recordings { spans, gaps })
+    }
+
+    /// Frames of `camera` from the key frame at or before `from_us` up to `to_us` (exclusive),
+    /// each preceded by the codec configuration in force. Only durable frames are visible.
+    pub fn read(&self, camera: &str, from_us: i64, to_us: i64) -> Result<FrameReader> {
+        if from_us >= to_us {
+            return Err(Error::InvalidArgument(format!("empty time range [{from_us}, {to_us})")));
+        }
+        let idx = self.inner.existing_index(camera)?;
+        let entries = idx.lock().map_err(|_| Error::Poisoned("index lock".into()))?.covering(from_us, to_us);
+        let mut plans = Vec::with_capacity(entries.len());
+        for (i, e) in entries.into_iter().enumerate() {
+            let (end, keyframes) = match &e.state {
+                EntryState::Sealed(s) => {
+                    let kf = if i == 0 { self.inner.footer_keyframes(camera, e.id, s)? } else { Vec::new() };
+                    (s.footer_offset, kf)
+                }
+                EntryState::Open { view, .. } => {
+                    let v = view.lock().map_err(|_| Error::Poisoned("segment view lock".into()))?;
+                    (v.durable_len, if i == 0 { v.keyframes.clone() } else { Vec::new() })
+                }
+            };
+            let start_key = keyframes.iter().rev().find(|k| k.ts_us <= from_us && k.offset < end);
+            plans.push(SegmentPlan {
+                id: e.id,
+                camera: camera.to_string(),
+                start: start_key.map_or(HEADER_LEN as u64, |k| k.offset),
+                config_offset: start_key.map(|k| k.config_offset),
+                end,
+            });
+        }
+        Ok(FrameReader { inner: self.inner.clone(), plans: plans.into_iter(), to_us, current: None, done: false })
+    }
+
+    /// Cameras with at least one segment.
+    pub fn cameras(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.cameras.read().map(|c| c.keys().cloned().collect()).unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Damage found so far (at open, on reads, by [`Store::scrub`]).
+    pub fn corruptions(&self) -> Vec<CorruptionReport> {
+        self.inner.corruptions.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Checks every record of every sealed segment (CRC and structure, no key needed); returns
+    /// the reports found by this pass (also added to [`Store::corruptions`]).
+    pub fn scrub(&self) -> Result<Vec<CorruptionReport>> {
+        let cams: Vec<(String, Arc<Mutex<CameraIndex>>)> =
+            self.inner.cameras.read().map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        let mut found = Vec::new();
+        for (camera, idx) in cams {
+            let entries: Vec<_> = idx.lock().map(|i| i.segments.values().cloned().collect()).unwrap_or_default();
+            for e in entries {
+                let EntryState::Sealed(info) = e.state else { continue };
+                let path = self.inner.segment_path(&camera, e.id);
+                let file = match self.inner.vfs.open(&path) {
+                    Ok(f) => f,
+                    Err(err) => {
+                        found.push(self.inner.report(path, Some(e.id), None, format!("segment file cannot be opened: {err}")));
+                        continue;
+                    }
+                };
+                let mut cursor = RecordCursor::new(file.clone(), HEADER_LEN as u64, info.footer_offset);
+                loop {
+                    match cursor.next_record().map_err(|err| Error::io("scrub segment", &path, err))? {
+                        Ok(_) => {}
+                        Err(Stop::End) => break,
+                        Err(Stop::Bad { offset, detail }) => {
+                            found.push(self.inner.report(path.clone(), Some(e.id), Some(offset), detail));
+                            break;
+                        }
+                    }
+                }
+                if let Err(detail) = read_footer(file.as_ref(), info.footer_offset, info.file_len).map_err(|err| Error::io("scrub segment", &path, err))? {
+                    found.push(self.inner.report(path.clone(), Some(e.id), Some(info.footer_offset), detail));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// True while the last attempt to create a segment found the disk full.
+    pub fn is_out_of_space(&self) -> bool {
+        self.inner.no_space.load(Ordering::Relaxed)
+    }
+
+    /// The configuration the store runs with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.inner.shutdown.lock() {
+            *s = true;
+        }
+        self.inner.shutdown_cv.notify_all();
+        if let Some(h) = self.flusher.take() {
+            let _ = h.join();
+        }
+        if let Err(e) = flush_all(&self.inner) {
+            tracing::error!(error = %e, "final flush at store shutdown failed");
+        }
+    }
+}
+
+fn flusher_loop(inner: Weak<Inner>, period: std::time::Duration) {
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        {
+            let Ok(guard) = strong.shutdown.lock() else { return };
+            if *guard {
+                return;
+            }
+            let Ok((guard, _)) = strong.shutdown_cv.wait_timeout(guard, period) else { return };
+            if *guard {
+                return;
+            }
+        }
+        if let Err(e) = flush_all(&strong) {
+            tracing::error!(error = %e, "group commit failed for at least one stream");
+        }
+    }
+}
+
+/// One group commit over every registered stream, spread over the flusher threads.
+fn flush_all(inner: &Arc<Inner>) -> Result<()> {
+    let streams: Vec<Arc<StreamShared>> =
+        inner.streams.lock().map(|s| s.values().filter_map(|w| w.upgrade()).collect()).unwrap_or_default();
+    if streams.is_empty() {
+        return Ok(());
+    }
+    let threads = inner.config.flusher_threads.min(streams.len()).max(1);
+    let chunk = streams.len().div_ceil(threads);
+    let first_err: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for part in streams.chunks(chunk) {
+            let first_err = &first_err;
+            s.spawn(move || {
+                for st in part {
+                    if let Err(e) = st.sync(inner) {
+                        if let Ok(mut f) = first_err.lock() {
+                            f.get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    match first_err.into_inner() {
+        Ok(Some(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl Inner {
+    pub(crate) fn segment_path(&self, camera: &str, id: SegmentId) -> PathBuf {
+        self.seg_root.join(camera).join(segment_file_name(id))
+    }
+
+    fn camera_dir(&self, camera: &str) -> PathBuf {
+        self.seg_root.join(camera)
+    }
+
+    pub(crate) fn camera_index(&self, camera: &str) -> Arc<Mutex<CameraIndex>> {
+        if let Some(i) = self.cameras.read().ok().and_then(|c| c.get(camera).cloned()) {
+            return i;
+        }
+        match self.cameras.write() {
+            Ok(mut c) => c.entry(camera.to_string()).or_default().clone(),
+            Err(_) => Arc::new(Mutex::new(CameraIndex::default())),
+        }
+    }
+
+    fn existing_index(&self, camera: &str) -> Result<Arc<Mutex<CameraIndex>>> {
+        check_camera_id(camera)?;
+        self.cameras
+            .read()
+            .ok()
+            .and_then(|c| c.get(camera).cloned())
+            .ok_or_else(|| Error::NotFound(format!("camera {camera} has no recordings")))
+    }
+
+    pub(crate) fn catalog_append(&self, rec: &CatalogRecord) -> Result<()> {
+        self.catalog.lock().map_err(|_| Error::Poisoned("catalog lock".into()))?.append(rec)
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if let Ok(c) = self.catalog.lock() {
+            if let Some(p) = c.poisoned() {
+                return Err(Error::Poisoned(p.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Create: data key (key store, fsynced), catalog Open (fsynced), then the file
+    /// (DESIGN.md "Lifecycle: create").
+    pub(crate) fn create_segment(&self, camera: &str) -> Result<SegmentWriter> {
+        let res = self.create_segment_inner(camera);
+        match &res {
+            Err(e) if e.is_no_space() => {
+                if !self.no_space.swap(true, Ordering::Relaxed) {
+                    tracing::error!(camera, "disk full: refusing new segments; nothing stored is deleted to make room");
+                }
+                self.metrics.no_space_refusals.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {
+                if self.no_space.swap(false, Ordering::Relaxed) {
+                    tracing::info!("space available again: accepting new segments");
+                }
+            }
+            Err(_) => {}
+        }
+        res
+    }
+
+    fn create_segment_inner(&self, camera: &str) -> Result<SegmentWriter> {
+        let key = DataKey::generate()?;
+        let id = {
+            let mut keys = self.keys.lock().map_err(|_| Error::Poisoned("key store lock".into()))?;
+            let id = SegmentId(self.next_segment.fetch_add(1, Ordering::SeqCst));
+            keys.put(id, &key)?;
+            id
+        };
+        let now = self.clock.now_us();
+        self.catalog_append(&CatalogRecord::Open { segment: id, created_us: now, camera: camera.to_string() })?;
+        let dir = self.camera_dir(camera);
+        let made = self.camera_dirs.lock().map(|d| d.contains(camera)).unwrap_or(false);
+        if !made {
+            // New camera directory: create it, then make its entry in segments/ durable.
+            (|| {
+                self.vfs.create_dir_all(&dir)?;
+                self.vfs.sync_dir(&self.seg_root)
+            })()
+            .map_err(|e| Error::io("create camera directory", &dir, e))?;
+            if let Ok(mut d) = self.camera_dirs.lock() {
+                d.insert(camera.to_string());
+            }
+        }
+        let writer = SegmentWriter::create(&self.vfs, &dir, &new_header(id, camera, now), &key);
+        match writer {
+            Ok(w) => {
+                self.metrics.segments_created.fetch_add(1, Ordering::Relaxed);
+                Ok(w)
+            }
+            Err(e) => {
+                // The Open record is durable; mark it dropped so nothing waits on it.
+                let files = [self.segment_path(camera, id), dir.join(crate::segment::writer::kfi_file_name(id))];
+                if let Err(e2) = self.drop_segment(camera, id, &files) {
+                    tracing::error!(error = %e2, segment = id.0, "could not drop a segment whose creation failed; recovery will");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Drop an empty segment: catalog Dropped (fsynced), then unlink its files.
+    pub(crate) fn drop_segment(&self, camera: &str, id: SegmentId, files: &[PathBuf]) -> Result<()> {
+        self.catalog_append(&CatalogRecord::Dropped { segment: id })?;
+        for f in files {
+            if self.vfs.exists(f) {
+                self.vfs.remove_file(f).map_err(|e| Error::io("remove empty segment", f, e))?;
+            }
+        }
+        let dir = self.camera_dir(camera);
+        if self.vfs.exists(&dir) {
+            self.vfs.sync_dir(&dir).map_err(|e| Error::io("fsync camera directory", &dir, e))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn unregister_stream(&self, id: u64) {
+        if let Ok(mut s) = self.streams.lock() {
+            s.remove(&id);
+        }
+    }
+
+    fn footer_keyframes(&self, camera: &str, id: SegmentId, info: &SealedInfo) -> Result<Vec<crate::segment::format::KeyframeEntry>> {
+        let path = self.segment_path(camera, id);
+        let file = self.vfs.open(&path).map_err(|e| Error::io("open segment", &path, e))?;
+        match read_footer(file.as_ref(), info.footer_offset, info.file_len).map_err(|e| Error::io("read footer", &path, e))? {
+            Ok(f) => Ok(f.keyframes),
+            Err(detail) => Err(self.report_corruption(path, Some(id), Some(info.footer_offset), detail)),
+        }
+    }
+
+    pub(crate) fn report(&self, path: PathBuf, segment: Option<SegmentId>, offset: Option<u64>, detail: String) -> CorruptionReport {
+        let r = CorruptionReport { path, segment, offset, detail, detected_us: self.clock.now_us() };
+        tracing::error!(path = %r.path.display(), segment = ?r.segment.map(|s| s.0), offset = ?r.offset, detail = %r.detail, "corruption detected");
+        if let Ok(mut c) = self.corruptions.lock() {
+            if !c.iter().any(|x| x.path == r.path && x.offset == r.offset && x.detail == r.detail) {
+                c.push(r.clone());
+            }
+        }
+        r
+    }
+
+    pub(crate) fn report_corruption(&self, path: PathBuf, segment: Option<SegmentId>, offset: Option<u64>, detail: String) -> Error {
+        let r = self.report(path, segment, offset, detail);
+        Error::Corrupt { path: r.path, offset: r.offset, detail: r.detail }
+    }
+
+    pub(crate) fn seg_root(&self) -> &Path {
+        &self.seg_root
+    }
+}

@@ -1,0 +1,366 @@
+//! A stream: one camera's frames arriving in time order, written into that camera's segments.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::catalog::CatalogRecord;
+use crate::segment::format::{SegmentHeader, CODEC_CONFIG_BYTES_MAX, FRAME_BYTES_MAX};
+use crate::segment::writer::SegmentWriter;
+use crate::store::index::{EntryState, IndexEntry};
+use crate::store::Inner;
+use crate::{Codec, Error, FlushPolicy, Result};
+
+/// A frame to append.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameIn<'a> {
+    /// Capture time, microseconds since the Unix epoch (UTC). Strictly increasing in a stream.
+    pub ts_us: i64,
+    /// The stream's own 90 kHz presentation timestamp, if the source has one.
+    pub pts_90k: Option<i64>,
+    /// Whether this is a key frame.
+    pub key: bool,
+    /// The encoded frame (for example Annex B NAL units). 1..=[`FRAME_BYTES_MAX`] bytes.
+    pub payload: &'a [u8],
+}
+
+pub(crate) struct StreamState {
+    pub seg: Option<SegmentWriter>,
+    codec: Codec,
+    config: Vec<u8>,
+    /// Whether the current segment has the current config written.
+    config_written: bool,
+    last_ts: Option<i64>,
+    /// Sequence number of the last appended frame (0 = none).
+    seq: u64,
+    /// Sequence number covered by the last started sync.
+    synced_seq: u64,
+    poisoned: Option<String>,
+    closed: bool,
+}
+
+/// Shared between the writer handle and the store's flusher.
+pub(crate) struct StreamShared {
+    pub id: u64,
+    pub camera: String,
+    pub state: Mutex<StreamState>,
+    durable_seq: Mutex<u64>,
+    durable_cv: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
+    m.lock().map_err(|_| Error::Poisoned("a thread panicked while holding a stream lock".into()))
+}
+
+impl StreamShared {
+    pub(crate) fn new(id: u64, camera: String, codec: Codec, config: Vec<u8>) -> Self {
+        let state = StreamState { seg: None, codec, config, config_written: false, last_ts: None, seq: 0, synced_seq: 0, poisoned: None, closed: false };
+        StreamShared { id, camera, state: Mutex::new(state), durable_seq: Mutex::new(0), durable_cv: Condvar::new() }
+    }
+
+    fn publish_durable(&self, seq: u64) {
+        if let Ok(mut d) = self.durable_seq.lock() {
+            if seq > *d {
+                *d = seq;
+                self.durable_cv.notify_all();
+            }
+        }
+    }
+
+    pub(crate) fn durable_seq(&self) -> u64 {
+        self.durable_seq.lock().map(|d| *d).unwrap_or(0)
+    }
+
+    /// Group-commit step: write the stream's buffer, fsync outside the state lock, publish.
+    pub(crate) fn sync(&self, inner: &Inner) -> Result<()> {
+        let (ticket, seq) = {
+            let mut st = lock(&self.state)?;
+            if let Some(p) = &st.poisoned {
+                return Err(Error::Poisoned(p.clone()));
+            }
+            if st.seq == st.synced_seq {
+                return Ok(());
+            }
+            let seq = st.seq;
+            let Some(seg) = st.seg.as_mut() else { return Ok(()) };
+            let ticket = match seg.prepare_sync() {
+                Ok(t) => t,
+                Err(e) => {
+                    poison(&mut st, &e);
+                    return Err(e);
+                }
+            };
+            st.synced_seq = seq;
+            (ticket, seq)
+        };
+        if let Err(e) = ticket.file.sync_data() {
+            let err = Error::io("fsync segment", &ticket.path, e);
+            let mut st = lock(&self.state)?;
+            poison(&mut st, &err);
+            inner.metrics.fsync_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(err);
+        }
+        {
+            let mut st = lock(&self.state)?;
+            if let Some(seg) = st.seg.as_mut() {
+                seg.complete_sync(&ticket);
+            }
+        }
+        self.publish_durable(seq);
+        Ok(())
+    }
+
+    /// Seals the current segment: footer + fsync, catalog Sealed, index flip, sidecar removal.
+    fn seal_current(&self, inner: &Inner, st: &mut StreamState) -> Result<()> {
+        let Some(mut seg) = st.seg.take() else { return Ok(()) };
+        st.config_written = false;
+        if seg.frames == 0 {
+            // Nothing was ever indexed in it: drop it (catalog first, then the files).
+            inner.drop_segment(&self.camera, seg.id, &[seg.path.clone(), seg.kfi_path().to_path_buf()])?;
+            return Ok(());
+        }
+        let (footer_offset, file_len, footer) = seg.seal()?;
+        let info = crate::catalog::SealedInfo {
+            first_ts_us: footer.first_ts_us,
+            last_ts_us: footer.last_ts_us,
+            frame_count: footer.frame_count,
+            keyframe_count: footer.keyframes.len() as u32,
+            footer_offset,
+            file_len,
+            payload_bytes: footer.payload_bytes,
+        };
+        inner.catalog_append(&CatalogRecord::Sealed { segment: seg.id, info })?;
+        {
+            let idx = inner.camera_index(&self.camera);
+            let mut idx = lock(&idx)?;
+            if let Some(e) = idx.find_mut(info.first_ts_us, seg.id) {
+                e.last_ts_us = info.last_ts_us;
+                e.state = EntryState::Sealed(info);
+            }
+        }
+        // The sidecar is only a recovery hint; a crash before this unlink leaves a small file
+        // that the next recovery of nothing ignores.
+        if let Err(e) = inner.vfs.remove_file(seg.kfi_path()) {
+            tracing::warn!(path = %seg.kfi_path().display(), error = %e, "could not remove key-frame sidecar");
+        }
+        inner.metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
+        self.publish_durable(st.seq);
+        st.synced_seq = st.seq;
+        Ok(())
+    }
+}
+
+fn poison(st: &mut StreamState, e: &Error) {
+    tracing::error!(error = %e, "stream poisoned: refusing further writes");
+    st.poisoned.get_or_insert_with(|| e.to_string());
+}
+
+/// A handle for appending one stream of one camera. Dropping it seals the open segment.
+pub struct StreamWriter {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) shared: Arc<StreamShared>,
+}
+
+impl std::fmt::Debug for StreamWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamWriter").field("camera", &self.shared.camera).field("id", &self.shared.id).finish()
+    }
+}
+
+impl StreamWriter {
+    /// The camera this stream writes.
+    pub fn camera(&self) -> &str {
+        &self.shared.camera
+    }
+
+    /// Sets the codec and its configuration (parameter sets) for the frames that follow.
+    pub fn set_codec_config(&mut self, codec: Codec, config: &[u8]) -> Result<()> {
+        check_config(config)?;
+        let mut st = lock(&self.shared.state)?;
+        check_writable(&st)?;
+        st.codec = codec;
+        st.config = config.to_vec();
+        st.config_written = false;
+        Ok(())
+    }
+
+    /// Appends a frame. Returns its sequence number in this stream (1, 2, ...); it is durable
+    /// once [`StreamWriter::durable_seq`] reaches it. Rejections leave stored data untouched.
+    pub fn append(&mut self, frame: FrameIn<'_>) -> Result<u64> {
+        let inner = self.inner.clone();
+        if frame.payload.is_empty() {
+            return Err(Error::InvalidArgument("frame payload is empty".into()));
+        }
+        if frame.payload.len() > FRAME_BYTES_MAX {
+            return Err(Error::LimitExceeded { what: "frame bytes", actual: frame.payload.len() as u64, max: FRAME_BYTES_MAX as u64 });
+        }
+        let mut st = lock(&self.shared.state)?;
+        check_writable(&st)?;
+        if let Some(last) = st.last_ts {
+            if frame.ts_us <= last {
+                return Err(Error::OutOfOrder { camera: self.shared.camera.clone(), ts_us: frame.ts_us, last_ts_us: last });
+            }
+        }
+        let cfg = &inner.config;
+        // Roll first: a gap, the duration (at a key frame), the size cap, or the record limits.
+        let roll = st.seg.as_ref().is_some_and(|s| {
+            let first = s.first_ts.unwrap_or(frame.ts_us);
+            let gap = s.last_ts.is_some_and(|l| frame.ts_us - l > cfg.gap_us);
+            let long = frame.key && frame.ts_us - first >= cfg.segment_duration_us;
+            let big = s.frames > 0 && s.len() + frame.payload.len() as u64 + 64 > cfg.segment_bytes_max;
+            gap || long || big || s.is_full()
+        });
+        if roll {
+            self.shared.seal_current(&inner, &mut st).inspect_err(|e| poison(&mut st, e))?;
+        }
+        let own = st.seg.as_ref().filter(|s| s.frames > 0).map(|s| s.id);
+        let idx = inner.camera_index(&self.shared.camera);
+        // Refuse overlap before creating anything.
+        {
+            let idx = lock(&idx)?;
+            if let Some(e) = idx.collision(own, st.last_ts, frame.ts_us) {
+                return Err(overlap(&self.shared.camera, frame.ts_us, e));
+            }
+        }
+        if st.seg.is_none() {
+            inner.check_writable()?;
+            let seg = inner.create_segment(&self.shared.camera).inspect_err(|e| {
+                if !e.is_no_space() {
+                    poison(&mut st, e)
+                }
+            })?;
+            st.seg = Some(seg);
+        }
+        let last_ts = st.last_ts;
+        let Some(seg) = st.seg.as_mut() else { return Err(Error::Closed) };
+        // Reserve the range in the index atomically with the check, before the frame is buffered.
+        {
+            let mut idx = lock(&idx)?;
+            if let Some(e) = idx.collision(own, last_ts, frame.ts_us) {
+                return Err(overlap(&self.shared.camera, frame.ts_us, e));
+            }
+            match own {
+                Some(id) => {
+                    let first = seg.first_ts.unwrap_or(frame.ts_us);
+                    if let Some(e) = idx.find_mut(first, id) {
+                        e.last_ts_us = frame.ts_us;
+                    }
+                }
+                None => {
+                    let entry = IndexEntry {
+                        id: seg.id,
+                        first_ts_us: frame.ts_us,
+                        last_ts_us: frame.ts_us,
+                        state: EntryState::Open { view: seg.view.clone() },
+                    };
+                    idx.segments.insert(frame.ts_us, entry);
+                }
+            }
+        }
+        let res = (|| {
+            if !st.config_written {
+                let (codec, config) = (st.codec, std::mem::take(&mut st.config));
+                let r = st.seg.as_mut().map(|s| s.push_config(codec, &config));
+                st.config = config;
+                r.transpose()?;
+                st.config_written = true;
+            }
+            if let Some(s) = st.seg.as_mut() {
+                s.push_frame(frame.ts_us, frame.pts_90k, frame.key, frame.payload)?;
+            }
+            Ok::<(), Error>(())
+        })();
+        if let Err(e) = res {
+            // The segment's buffer may hold a partial record now: never write to it again.
+            poison(&mut st, &e);
+            return Err(e);
+        }
+        st.last_ts = Some(frame.ts_us);
+        st.seq += 1;
+        let seq = st.seq;
+        inner.metrics.frames_appended.fetch_add(1, Ordering::Relaxed);
+        inner.metrics.payload_bytes_appended.fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+        if cfg.flush == FlushPolicy::EveryKeyFrame && frame.key && seq > 1 {
+            drop(st);
+            self.shared.sync(&inner)?;
+        }
+        Ok(seq)
+    }
+
+    /// Highest sequence number known durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.shared.durable_seq()
+    }
+
+    /// Waits until `seq` is durable or `timeout` passes; true when durable.
+    pub fn wait_durable(&self, seq: u64, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut d = lock(&self.shared.durable_seq)?;
+        while *d < seq {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            d = self.shared.durable_cv.wait_timeout(d, deadline - now).map_err(|_| Error::Poisoned("durable lock".into()))?.0;
+        }
+        Ok(true)
+    }
+
+    /// Writes and fsyncs everything appended so far; returns the durable sequence number.
+    pub fn flush(&self) -> Result<u64> {
+        self.shared.sync(&self.inner)?;
+        Ok(self.durable_seq())
+    }
+
+    /// Seals the open segment and closes the stream; everything appended becomes durable.
+    pub fn close(mut self) -> Result<()> {
+        self.close_inner()
+    }
+
+    fn close_inner(&mut self) -> Result<()> {
+        let mut st = lock(&self.shared.state)?;
+        if st.closed {
+            return Ok(());
+        }
+        st.closed = true;
+        self.inner.unregister_stream(self.shared.id);
+        if let Some(p) = &st.poisoned {
+            return Err(Error::Poisoned(p.clone()));
+        }
+        self.shared.seal_current(&self.inner, &mut st).inspect_err(|e| poison(&mut st, e))
+    }
+}
+
+impl Drop for StreamWriter {
+    fn drop(&mut self) {
+        if let Err(e) = self.close_inner() {
+            tracing::warn!(camera = %self.shared.camera, error = %e, "stream dropped without a clean seal; recovery will seal it");
+        }
+    }
+}
+
+fn check_writable(st: &StreamState) -> Result<()> {
+    if let Some(p) = &st.poisoned {
+        return Err(Error::Poisoned(p.clone()));
+    }
+    if st.closed {
+        return Err(Error::Closed);
+    }
+    Ok(())
+}
+
+pub(crate) fn check_config(config: &[u8]) -> Result<()> {
+    if config.len() > CODEC_CONFIG_BYTES_MAX {
+        return Err(Error::LimitExceeded { what: "codec configuration bytes", actual: config.len() as u64, max: CODEC_CONFIG_BYTES_MAX as u64 });
+    }
+    Ok(())
+}
+
+fn overlap(camera: &str, ts_us: i64, e: &IndexEntry) -> Error {
+    Error::Overlap { camera: camera.to_string(), ts_us, segment: e.id, first_ts_us: e.first_ts_us, last_ts_us: e.last_ts_us }
+}
+
+/// Header for a new segment.
+pub(crate) fn new_header(segment: crate::SegmentId, camera: &str, created_us: i64) -> SegmentHeader {
+    SegmentHeader { segment, created_us, camera: camera.to_string() }
+}
