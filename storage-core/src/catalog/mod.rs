@@ -45,16 +45,29 @@ pub struct SealedInfo {
 /// One catalog event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CatalogRecord {
-    Open { segment: SegmentId, created_us: i64, camera: String },
-    Sealed { segment: SegmentId, info: SealedInfo },
-    Dropped { segment: SegmentId },
+    Open {
+        segment: SegmentId,
+        created_us: i64,
+        camera: String,
+    },
+    Sealed {
+        segment: SegmentId,
+        info: SealedInfo,
+    },
+    Dropped {
+        segment: SegmentId,
+    },
 }
 
 impl CatalogRecord {
     fn encode(&self) -> Vec<u8> {
         let mut p = Vec::with_capacity(96);
         let ty = match self {
-            CatalogRecord::Open { segment, created_us, camera } => {
+            CatalogRecord::Open {
+                segment,
+                created_us,
+                camera,
+            } => {
                 p.extend_from_slice(&segment.0.to_le_bytes());
                 p.extend_from_slice(&created_us.to_le_bytes());
                 p.push(camera.len() as u8);
@@ -96,7 +109,11 @@ impl CatalogRecord {
                     return None;
                 }
                 let camera = std::str::from_utf8(&p[17..]).ok()?.to_string();
-                Some(CatalogRecord::Open { segment: SegmentId(le_u64(p, 0)), created_us: le_i64(p, 8), camera })
+                Some(CatalogRecord::Open {
+                    segment: SegmentId(le_u64(p, 0)),
+                    created_us: le_i64(p, 8),
+                    camera,
+                })
             }
             (2, 56) => Some(CatalogRecord::Sealed {
                 segment: SegmentId(le_u64(p, 0)),
@@ -110,7 +127,9 @@ impl CatalogRecord {
                     payload_bytes: le_u64(p, 48),
                 },
             }),
-            (3, 8) => Some(CatalogRecord::Dropped { segment: SegmentId(le_u64(p, 0)) }),
+            (3, 8) => Some(CatalogRecord::Dropped {
+                segment: SegmentId(le_u64(p, 0)),
+            }),
             _ => None,
         }
     }
@@ -144,7 +163,8 @@ impl Catalog {
     /// damage followed by more than one record's worth of bytes is corruption and refuses to
     /// open rather than drop what follows.
     pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path) -> Result<Loaded> {
-        vfs.create_dir_all(dir).map_err(|e| Error::io("create catalog directory", dir, e))?;
+        vfs.create_dir_all(dir)
+            .map_err(|e| Error::io("create catalog directory", dir, e))?;
         let path = dir.join(FILE_NAME);
         if !vfs.exists(&path) {
             let mut h = [0u8; HEADER_LEN];
@@ -168,14 +188,23 @@ impl Catalog {
             })()
             .map_err(|e| Error::io("create catalog", &path, e))?;
         }
-        let file = vfs.open(&path).map_err(|e| Error::io("open catalog", &path, e))?;
-        let file_len = file.len().map_err(|e| Error::io("stat catalog", &path, e))?;
+        let file = vfs
+            .open(&path)
+            .map_err(|e| Error::io("open catalog", &path, e))?;
+        let file_len = file
+            .len()
+            .map_err(|e| Error::io("stat catalog", &path, e))?;
         let mut h = [0u8; HEADER_LEN];
-        if read_up_to(file.as_ref(), &mut h, 0).map_err(|e| Error::io("read catalog", &path, e))? != HEADER_LEN
+        if read_up_to(file.as_ref(), &mut h, 0).map_err(|e| Error::io("read catalog", &path, e))?
+            != HEADER_LEN
             || &h[..8] != MAGIC
             || crc32fast::hash(&h[..H_CRC]) != le_u32(&h, H_CRC)
         {
-            return Err(Error::Corrupt { path, offset: Some(0), detail: "catalog header fails its check".into() });
+            return Err(Error::Corrupt {
+                path,
+                offset: Some(0),
+                detail: "catalog header fails its check".into(),
+            });
         }
         let mut entries: BTreeMap<SegmentId, CatalogEntry> = BTreeMap::new();
         let mut max_segment = None;
@@ -186,11 +215,18 @@ impl Catalog {
         loop {
             // Keep at least one whole record in the window.
             let rel = (pos - buf_start) as usize;
-            if buf_len - rel < FRAME_LEN + RECORD_PAYLOAD_BYTES_MAX && buf_start + (buf_len as u64) < file_len {
+            if buf_len - rel < FRAME_LEN + RECORD_PAYLOAD_BYTES_MAX
+                && buf_start + (buf_len as u64) < file_len
+            {
                 buf.copy_within(rel..buf_len, 0);
                 buf_len -= rel;
                 buf_start = pos;
-                let n = read_up_to(file.as_ref(), &mut buf[buf_len..], buf_start + buf_len as u64).map_err(|e| Error::io("read catalog", &path, e))?;
+                let n = read_up_to(
+                    file.as_ref(),
+                    &mut buf[buf_len..],
+                    buf_start + buf_len as u64,
+                )
+                .map_err(|e| Error::io("read catalog", &path, e))?;
                 buf_len += n;
             }
             let rel = (pos - buf_start) as usize;
@@ -209,28 +245,60 @@ impl Catalog {
                 if crc32fast::hash(&avail[4..FRAME_LEN + plen]) != le_u32(avail, 0) {
                     return None;
                 }
-                Some((CatalogRecord::decode(avail[8], &avail[FRAME_LEN..FRAME_LEN + plen]), FRAME_LEN + plen))
+                Some((
+                    CatalogRecord::decode(avail[8], &avail[FRAME_LEN..FRAME_LEN + plen]),
+                    FRAME_LEN + plen,
+                ))
             })();
             let Some((rec, used)) = parsed else {
                 let rest = file_len - pos;
                 if rest > (FRAME_LEN + RECORD_PAYLOAD_BYTES_MAX) as u64 {
-                    return Err(Error::Corrupt { path, offset: Some(pos), detail: format!("catalog record at {pos} fails its check with {rest} bytes after it") });
+                    return Err(Error::Corrupt {
+                        path,
+                        offset: Some(pos),
+                        detail: format!(
+                            "catalog record at {pos} fails its check with {rest} bytes after it"
+                        ),
+                    });
                 }
                 tracing::warn!(path = %path.display(), offset = pos, bytes = rest, "cutting torn catalog tail");
-                file.set_len(pos).and_then(|_| file.sync_data()).map_err(|e| Error::io("truncate catalog", &path, e))?;
+                file.set_len(pos)
+                    .and_then(|_| file.sync_data())
+                    .map_err(|e| Error::io("truncate catalog", &path, e))?;
                 break;
             };
             let Some(rec) = rec else {
-                return Err(Error::Corrupt { path, offset: Some(pos), detail: "catalog record has a valid CRC but an unknown type or shape".into() });
+                return Err(Error::Corrupt {
+                    path,
+                    offset: Some(pos),
+                    detail: "catalog record has a valid CRC but an unknown type or shape".into(),
+                });
             };
             match rec {
-                CatalogRecord::Open { segment, created_us, camera } => {
+                CatalogRecord::Open {
+                    segment,
+                    created_us,
+                    camera,
+                } => {
                     max_segment = max_segment.max(Some(segment));
-                    entries.insert(segment, CatalogEntry { camera, created_us, sealed: None });
+                    entries.insert(
+                        segment,
+                        CatalogEntry {
+                            camera,
+                            created_us,
+                            sealed: None,
+                        },
+                    );
                 }
                 CatalogRecord::Sealed { segment, info } => match entries.get_mut(&segment) {
                     Some(e) => e.sealed = Some(info),
-                    None => return Err(Error::Corrupt { path, offset: Some(pos), detail: format!("segment {} sealed but never opened", segment.0) }),
+                    None => {
+                        return Err(Error::Corrupt {
+                            path,
+                            offset: Some(pos),
+                            detail: format!("segment {} sealed but never opened", segment.0),
+                        })
+                    }
                 },
                 CatalogRecord::Dropped { segment } => {
                     entries.remove(&segment);
@@ -238,7 +306,16 @@ impl Catalog {
             }
             pos += used as u64;
         }
-        Ok(Loaded { catalog: Catalog { path, file, len: pos, poisoned: None }, entries, max_segment })
+        Ok(Loaded {
+            catalog: Catalog {
+                path,
+                file,
+                len: pos,
+                poisoned: None,
+            },
+            entries,
+            max_segment,
+        })
     }
 
     /// Appends one record and fsyncs. A failed fsync poisons the catalog for good.
@@ -247,7 +324,9 @@ impl Catalog {
             return Err(Error::Poisoned(p.clone()));
         }
         let bytes = rec.encode();
-        self.file.write_at(&bytes, self.len).map_err(|e| Error::io("append catalog", &self.path, e))?;
+        self.file
+            .write_at(&bytes, self.len)
+            .map_err(|e| Error::io("append catalog", &self.path, e))?;
         if let Err(e) = self.file.sync_data() {
             self.poisoned = Some(format!("fsync of {} failed: {e}", self.path.display()));
             return Err(Error::io("fsync catalog", &self.path, e));
@@ -270,7 +349,15 @@ mod tests {
     fn sealed_record_has_the_documented_bytes() {
         let rec = CatalogRecord::Sealed {
             segment: SegmentId(7),
-            info: SealedInfo { first_ts_us: 1, last_ts_us: 2, frame_count: 3, keyframe_count: 4, footer_offset: 5, file_len: 6, payload_bytes: 8 },
+            info: SealedInfo {
+                first_ts_us: 1,
+                last_ts_us: 2,
+                frame_count: 3,
+                keyframe_count: 4,
+                footer_offset: 5,
+                file_len: 6,
+                payload_bytes: 8,
+            },
         };
         let b = rec.encode();
         // DESIGN.md "Catalog": crc, len=56, type=2, then eight little-endian fields.

@@ -52,7 +52,8 @@ const _: () = assert!(R_PTS + 8 == RECORD_HEADER_LEN);
 pub(crate) const FOOTER_FIXED_LEN: usize = 32;
 pub(crate) const FOOTER_ENTRY_LEN: usize = 24;
 /// Largest footer body.
-pub(crate) const FOOTER_BYTES_MAX: usize = FOOTER_FIXED_LEN + FOOTER_ENTRY_LEN * KEYFRAMES_PER_SEGMENT_MAX;
+pub(crate) const FOOTER_BYTES_MAX: usize =
+    FOOTER_FIXED_LEN + FOOTER_ENTRY_LEN * KEYFRAMES_PER_SEGMENT_MAX;
 const _: () = assert!(FOOTER_BYTES_MAX <= RECORD_BODY_BYTES_MAX);
 
 pub(crate) const FLAG_KEY: u8 = 1;
@@ -168,7 +169,9 @@ impl RecordHeader {
             RecordKind::CodecConfig => CODEC_CONFIG_BYTES_MAX + TAG_LEN,
             RecordKind::Video => RECORD_BODY_BYTES_MAX,
         };
-        if h.body_len as usize > max || (h.kind != RecordKind::Footer && (h.body_len as usize) < TAG_LEN) {
+        if h.body_len as usize > max
+            || (h.kind != RecordKind::Footer && (h.body_len as usize) < TAG_LEN)
+        {
             return None;
         }
         if h.flags & !(FLAG_KEY | FLAG_PTS) != 0 || h.ordinal >= RECORDS_PER_SEGMENT_MAX {
@@ -248,8 +251,13 @@ impl SegmentHeader {
         if cam_len == 0 || cam_len > CAMERA_ID_BYTES_MAX {
             return Err("segment header camera id length out of range".into());
         }
-        let camera = std::str::from_utf8(&h[H_CAMERA..H_CAMERA + cam_len]).map_err(|_| "camera id is not UTF-8".to_string())?;
-        Ok(SegmentHeader { segment: SegmentId(le_u64(h, H_SEGMENT_ID)), created_us: le_i64(h, H_CREATED), camera: camera.to_string() })
+        let camera = std::str::from_utf8(&h[H_CAMERA..H_CAMERA + cam_len])
+            .map_err(|_| "camera id is not UTF-8".to_string())?;
+        Ok(SegmentHeader {
+            segment: SegmentId(le_u64(h, H_SEGMENT_ID)),
+            created_us: le_i64(h, H_CREATED),
+            camera: camera.to_string(),
+        })
     }
 }
 
@@ -299,9 +307,19 @@ impl Footer {
         let mut keyframes = Vec::with_capacity(n);
         for i in 0..n {
             let at = FOOTER_FIXED_LEN + i * FOOTER_ENTRY_LEN;
-            keyframes.push(KeyframeEntry { ts_us: le_i64(b, at), offset: le_u64(b, at + 8), config_offset: le_u64(b, at + 16) });
+            keyframes.push(KeyframeEntry {
+                ts_us: le_i64(b, at),
+                offset: le_u64(b, at + 8),
+                config_offset: le_u64(b, at + 16),
+            });
         }
-        Ok(Footer { frame_count: le_u32(b, 4), payload_bytes: le_u64(b, 8), first_ts_us: le_i64(b, 16), last_ts_us: le_i64(b, 24), keyframes })
+        Ok(Footer {
+            frame_count: le_u32(b, 4),
+            payload_bytes: le_u64(b, 8),
+            first_ts_us: le_i64(b, 16),
+            last_ts_us: le_i64(b, 24),
+            keyframes,
+        })
     }
 }
 
@@ -325,11 +343,17 @@ pub(crate) fn le_i64(b: &[u8], at: usize) -> i64 {
 /// directory).
 pub(crate) fn check_camera_id(camera: &str) -> Result<()> {
     if camera.len() > CAMERA_ID_BYTES_MAX {
-        return Err(Error::LimitExceeded { what: "camera id bytes", actual: camera.len() as u64, max: CAMERA_ID_BYTES_MAX as u64 });
+        return Err(Error::LimitExceeded {
+            what: "camera id bytes",
+            actual: camera.len() as u64,
+            max: CAMERA_ID_BYTES_MAX as u64,
+        });
     }
     let ok = !camera.is_empty()
         && !camera.starts_with('.')
-        && camera.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+        && camera
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
     if !ok {
         return Err(Error::InvalidArgument(format!("camera id {camera:?} must be 1-64 characters of A-Z a-z 0-9 . _ - and not start with a dot")));
     }
@@ -340,7 +364,16 @@ pub(crate) fn check_camera_id(camera: &str) -> Result<()> {
 pub(crate) fn footer_record(ordinal: u32, codec: Codec, footer: &Footer) -> Vec<u8> {
     let mut body = Vec::with_capacity(FOOTER_FIXED_LEN + FOOTER_ENTRY_LEN * footer.keyframes.len());
     footer.encode(&mut body);
-    let h = RecordHeader { crc: 0, body_len: body.len() as u32, kind: RecordKind::Footer, flags: 0, codec, ordinal, ts_us: footer.last_ts_us, pts_90k: 0 };
+    let h = RecordHeader {
+        crc: 0,
+        body_len: body.len() as u32,
+        kind: RecordKind::Footer,
+        flags: 0,
+        codec,
+        ordinal,
+        ts_us: footer.last_ts_us,
+        pts_90k: 0,
+    };
     let mut rec = vec![0u8; RECORD_HEADER_LEN];
     h.encode(&mut rec);
     rec.extend_from_slice(&body);
