@@ -27,11 +27,7 @@ fn frame_ts(c: usize, n: u64) -> i64 {
 }
 
 fn workload(store: &Store) -> Outcome {
-    let mut out = Outcome {
-        appended: vec![0; CAMERAS.len()],
-        durable: vec![0; CAMERAS.len()],
-        completed: false,
-    };
+    let mut out = Outcome { appended: vec![0; CAMERAS.len()], durable: vec![0; CAMERAS.len()], completed: false };
     let mut streams = Vec::new();
     for cam in CAMERAS {
         match store.open_stream(cam, Codec::H264, b"sps-pps") {
@@ -43,12 +39,7 @@ fn workload(store: &Store) -> Outcome {
         for (c, s) in streams.iter_mut().enumerate() {
             let key = n % 25 == 0;
             let p = payload(CAMERAS[c], n, key);
-            let res = s.append(FrameIn {
-                ts_us: frame_ts(c, n),
-                pts_90k: None,
-                key,
-                payload: &p,
-            });
+            let res = s.append(FrameIn { ts_us: frame_ts(c, n), pts_90k: None, key, payload: &p });
             out.durable[c] = s.durable_seq();
             match res {
                 Ok(seq) => out.appended[c] = seq,
@@ -81,56 +72,28 @@ fn check(store: &Store, out: &Outcome, what: &str) {
     let mut max_seg = 0;
     for (c, cam) in CAMERAS.iter().enumerate() {
         let got = all_frames(store, cam);
-        assert!(
-            got.len() as u64 >= out.durable[c],
-            "{what}: {cam} lost durable frames: {} < {}",
-            got.len(),
-            out.durable[c]
-        );
-        assert!(
-            got.len() as u64 <= out.appended[c],
-            "{what}: {cam} shows {} frames but only {} were appended",
-            got.len(),
-            out.appended[c]
-        );
+        assert!(got.len() as u64 >= out.durable[c], "{what}: {cam} lost durable frames: {} < {}", got.len(), out.durable[c]);
+        assert!(got.len() as u64 <= out.appended[c], "{what}: {cam} shows {} frames but only {} were appended", got.len(), out.appended[c]);
         for (n, f) in got.iter().enumerate() {
             let n = n as u64;
             assert_eq!(f.ts_us, frame_ts(c, n), "{what}: {cam} frame {n}");
-            assert_eq!(
-                f.payload.as_ref(),
-                payload(cam, n, n % 25 == 0).as_slice(),
-                "{what}: {cam} frame {n} bytes"
-            );
+            assert_eq!(f.payload.as_ref(), payload(cam, n, n % 25 == 0).as_slice(), "{what}: {cam} frame {n} bytes");
             max_seg = max_seg.max(f.segment.0);
         }
     }
     // The store accepts new writes, into new segments, after what the crash left.
     for (c, cam) in CAMERAS.iter().enumerate() {
-        let mut s = store
-            .open_stream(cam, Codec::H264, b"sps-pps")
-            .expect("open after crash");
+        let mut s = store.open_stream(cam, Codec::H264, b"sps-pps").expect("open after crash");
         let ts = frame_ts(c, FRAMES + 1000);
-        s.append(FrameIn {
-            ts_us: ts,
-            pts_90k: None,
-            key: true,
-            payload: b"after the crash",
-        })
-        .unwrap_or_else(|e| panic!("{what}: append after crash: {e}"));
+        s.append(FrameIn { ts_us: ts, pts_90k: None, key: true, payload: b"after the crash" })
+            .unwrap_or_else(|e| panic!("{what}: append after crash: {e}"));
         s.close().expect("close after crash");
         let got = all_frames(store, cam);
         let last = got.last().expect("new frame");
         assert_eq!(last.payload.as_ref(), b"after the crash");
-        assert!(
-            last.segment.0 > max_seg,
-            "{what}: new frames must go to a new segment"
-        );
+        assert!(last.segment.0 > max_seg, "{what}: new frames must go to a new segment");
     }
-    assert!(
-        store.corruptions().is_empty(),
-        "{what}: a crash is not corruption: {:?}",
-        store.corruptions()
-    );
+    assert!(store.corruptions().is_empty(), "{what}: a crash is not corruption: {:?}", store.corruptions());
 }
 
 #[test]
@@ -148,20 +111,11 @@ fn crash_after_every_mutating_operation() {
                 std::mem::forget(store);
                 out
             }
-            Err(_) => Outcome {
-                appended: vec![0; 3],
-                durable: vec![0; 3],
-                completed: false,
-            },
+            Err(_) => Outcome { appended: vec![0; 3], durable: vec![0; 3], completed: false },
         };
-        for mode in [
-            CrashMode::LoseUnsynced,
-            CrashMode::TearLastWrite,
-            CrashMode::KeepUnsynced,
-        ] {
+        for mode in [CrashMode::LoseUnsynced, CrashMode::TearLastWrite, CrashMode::KeepUnsynced] {
             let image = mem.crash(mode);
-            let store = open_mem(&image, test_config())
-                .unwrap_or_else(|e| panic!("reopen after crash at op {n} ({mode:?}): {e}"));
+            let store = open_mem(&image, test_config()).unwrap_or_else(|e| panic!("reopen after crash at op {n} ({mode:?}): {e}"));
             check(&store, &out, &format!("crash at op {n} ({mode:?})"));
         }
         steps += 1;
@@ -181,26 +135,13 @@ fn crash_during_recovery_then_recover_again() {
     let mem = MemVfs::new();
     let out = {
         let store = open_mem(&mem, test_config()).expect("open");
-        let mut streams: Vec<_> = CAMERAS
-            .iter()
-            .map(|c| store.open_stream(c, Codec::H264, b"sps-pps").expect("open"))
-            .collect();
-        let mut out = Outcome {
-            appended: vec![0; 3],
-            durable: vec![0; 3],
-            completed: false,
-        };
+        let mut streams: Vec<_> = CAMERAS.iter().map(|c| store.open_stream(c, Codec::H264, b"sps-pps").expect("open")).collect();
+        let mut out = Outcome { appended: vec![0; 3], durable: vec![0; 3], completed: false };
         for n in 0..70u64 {
             for (c, s) in streams.iter_mut().enumerate() {
                 let key = n % 25 == 0;
-                out.appended[c] = s
-                    .append(FrameIn {
-                        ts_us: frame_ts(c, n),
-                        pts_90k: None,
-                        key,
-                        payload: &payload(CAMERAS[c], n, key),
-                    })
-                    .expect("append");
+                out.appended[c] =
+                    s.append(FrameIn { ts_us: frame_ts(c, n), pts_90k: None, key, payload: &payload(CAMERAS[c], n, key) }).expect("append");
             }
         }
         store.flush().expect("flush");
@@ -222,13 +163,8 @@ fn crash_during_recovery_then_recover_again() {
         }
         for mode in [CrashMode::LoseUnsynced, CrashMode::TearLastWrite] {
             let again = try_image.crash(mode);
-            let store = open_mem(&again, test_config())
-                .unwrap_or_else(|e| panic!("second recovery after fault at {m}: {e}"));
-            check(
-                &store,
-                &out,
-                &format!("recovery crashed at op {m} ({mode:?})"),
-            );
+            let store = open_mem(&again, test_config()).unwrap_or_else(|e| panic!("second recovery after fault at {m}: {e}"));
+            check(&store, &out, &format!("recovery crashed at op {m} ({mode:?})"));
         }
     }
 }
@@ -238,41 +174,20 @@ fn failed_fsync_poisons_the_stream_for_good() {
     let mem = MemVfs::new();
     let faulty = FaultyVfs::new(Arc::new(mem.clone()));
     let store = open_on(Arc::new(faulty.clone()), test_config()).expect("open");
-    let mut s = store
-        .open_stream("cam-p", Codec::H264, b"c")
-        .expect("stream");
+    let mut s = store.open_stream("cam-p", Codec::H264, b"c").expect("stream");
     for n in 0..10u64 {
-        s.append(FrameIn {
-            ts_us: frame_ts(0, n),
-            pts_90k: None,
-            key: n == 0,
-            payload: &payload("cam-p", n, n == 0),
-        })
-        .expect("append");
+        s.append(FrameIn { ts_us: frame_ts(0, n), pts_90k: None, key: n == 0, payload: &payload("cam-p", n, n == 0) }).expect("append");
     }
     // The next write succeeds and its fsync fails.
     faulty.fail_after(1, FaultKind::Eio);
     assert!(s.flush().is_err());
     faulty.heal();
     // Healing the device does not make the writer trust it again.
-    let err = s
-        .append(FrameIn {
-            ts_us: frame_ts(0, 11),
-            pts_90k: None,
-            key: false,
-            payload: b"x",
-        })
-        .expect_err("poisoned");
+    let err = s.append(FrameIn { ts_us: frame_ts(0, 11), pts_90k: None, key: false, payload: b"x" }).expect_err("poisoned");
     assert!(matches!(err, storage_core::Error::Poisoned(_)), "{err}");
     assert!(matches!(s.flush(), Err(storage_core::Error::Poisoned(_))));
     assert_eq!(s.durable_seq(), 0, "nothing was acknowledged durable");
-    assert_eq!(
-        store
-            .metrics()
-            .fsync_failures
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(store.metrics().fsync_failures.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -280,44 +195,22 @@ fn full_disk_refuses_new_writes_and_recovers_by_itself() {
     let mem = MemVfs::new();
     let faulty = FaultyVfs::new(Arc::new(mem.clone()));
     let store = open_on(Arc::new(faulty.clone()), test_config()).expect("open");
-    let mut s = store
-        .open_stream("cam-full", Codec::H264, b"c")
-        .expect("stream");
+    let mut s = store.open_stream("cam-full", Codec::H264, b"c").expect("stream");
     for n in 0..50u64 {
-        s.append(FrameIn {
-            ts_us: frame_ts(0, n),
-            pts_90k: None,
-            key: n % 25 == 0,
-            payload: &payload("cam-full", n, n % 25 == 0),
-        })
-        .expect("append");
+        s.append(FrameIn { ts_us: frame_ts(0, n), pts_90k: None, key: n % 25 == 0, payload: &payload("cam-full", n, n % 25 == 0) })
+            .expect("append");
     }
     s.close().expect("close");
     faulty.fail_after(0, FaultKind::NoSpace);
-    let mut s2 = store
-        .open_stream("cam-full", Codec::H264, b"c")
-        .expect("stream");
-    let err = s2
-        .append(FrameIn {
-            ts_us: frame_ts(0, 100),
-            pts_90k: None,
-            key: true,
-            payload: b"y",
-        })
-        .expect_err("full");
+    let mut s2 = store.open_stream("cam-full", Codec::H264, b"c").expect("stream");
+    let err = s2.append(FrameIn { ts_us: frame_ts(0, 100), pts_90k: None, key: true, payload: b"y" }).expect_err("full");
     assert!(err.is_no_space(), "{err}");
     assert!(store.is_out_of_space());
     // Nothing stored was touched.
     assert_eq!(all_frames(&store, "cam-full").len(), 50);
     faulty.heal();
     // The same stream takes the frame once space returns.
-    s2.append(FrameIn {
-        ts_us: frame_ts(0, 100),
-        pts_90k: None,
-        key: true,
-        payload: b"y",
-    })
-    .expect("space is back");
+    s2.append(FrameIn { ts_us: frame_ts(0, 100), pts_90k: None, key: true, payload: b"y" }).expect("space is back");
     assert!(!store.is_out_of_space());
     s2.close().expect("close");
     assert_eq!(all_frames(&store, "cam-full").len(), 51);

@@ -10,20 +10,10 @@ const CAMERAS: usize = 3;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append {
-        cam: usize,
-        key: bool,
-        gap: bool,
-        len: usize,
-        fill: u8,
-    },
+    Append { cam: usize, key: bool, gap: bool, len: usize, fill: u8 },
     Flush,
-    FlushOne {
-        cam: usize,
-    },
-    CloseStream {
-        cam: usize,
-    },
+    FlushOne { cam: usize },
+    CloseStream { cam: usize },
     Crash(CrashMode),
     Reopen,
 }
@@ -58,31 +48,13 @@ fn compare(store: &Store, r: &mut Reference, after_crash: bool) {
     for c in 0..CAMERAS {
         let got = all_frames(store, &cam_name(c));
         let want = &r.frames[c];
-        assert!(
-            got.len() >= r.durable[c],
-            "camera {c}: {} frames read, {} were durable",
-            got.len(),
-            r.durable[c]
-        );
-        assert!(
-            got.len() <= want.len(),
-            "camera {c}: {} frames read, only {} appended",
-            got.len(),
-            want.len()
-        );
+        assert!(got.len() >= r.durable[c], "camera {c}: {} frames read, {} were durable", got.len(), r.durable[c]);
+        assert!(got.len() <= want.len(), "camera {c}: {} frames read, only {} appended", got.len(), want.len());
         if !after_crash {
-            assert_eq!(
-                got.len(),
-                want.len(),
-                "camera {c}: a clean reopen keeps everything"
-            );
+            assert_eq!(got.len(), want.len(), "camera {c}: a clean reopen keeps everything");
         }
         for (g, w) in got.iter().zip(want.iter()) {
-            assert_eq!(
-                (g.ts_us, g.key, g.payload.as_ref()),
-                (w.0, w.1, w.2.as_slice()),
-                "camera {c}"
-            );
+            assert_eq!((g.ts_us, g.key, g.payload.as_ref()), (w.0, w.1, w.2.as_slice()), "camera {c}");
         }
         r.frames[c].truncate(got.len());
         r.durable[c] = got.len();
@@ -110,31 +82,15 @@ fn run(ops: Vec<Op>) {
     for op in ops {
         let st = store.as_ref().expect("store");
         match op {
-            Op::Append {
-                cam,
-                key,
-                gap,
-                len,
-                fill,
-            } => {
+            Op::Append { cam, key, gap, len, fill } => {
                 if streams[cam].is_none() {
-                    streams[cam] = Some(
-                        st.open_stream(&cam_name(cam), Codec::H264, b"cfg")
-                            .expect("stream"),
-                    );
+                    streams[cam] = Some(st.open_stream(&cam_name(cam), Codec::H264, b"cfg").expect("stream"));
                     r.stream_base[cam] = r.frames[cam].len();
                 }
                 let ts = r.next_ts[cam] + if gap { 30_000_000 } else { FRAME_US };
                 let payload: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
                 let s = streams[cam].as_mut().expect("stream");
-                let seq = s
-                    .append(FrameIn {
-                        ts_us: ts,
-                        pts_90k: None,
-                        key,
-                        payload: &payload,
-                    })
-                    .expect("append");
+                let seq = s.append(FrameIn { ts_us: ts, pts_90k: None, key, payload: &payload }).expect("append");
                 r.next_ts[cam] = ts;
                 r.frames[cam].push((ts, key, payload));
                 assert_eq!(r.stream_base[cam] + seq as usize, r.frames[cam].len());
@@ -144,11 +100,7 @@ fn run(ops: Vec<Op>) {
                 note_durable(&streams, &mut r);
                 for c in 0..CAMERAS {
                     if streams[c].is_some() {
-                        assert_eq!(
-                            r.durable[c],
-                            r.frames[c].len(),
-                            "flush makes everything durable"
-                        );
+                        assert_eq!(r.durable[c], r.frames[c].len(), "flush makes everything durable");
                     }
                 }
             }

@@ -23,25 +23,15 @@ fn write_marked(store: &Store) -> Vec<(String, storage_core::SegmentId)> {
     }
     let mut ids = Vec::new();
     for cam in ["cam-x", "cam-y"] {
-        let mut s = store
-            .open_stream(cam, Codec::H265, &[MARKER, b"-vps-sps-pps"].concat())
-            .expect("stream");
+        let mut s = store.open_stream(cam, Codec::H265, &[MARKER, b"-vps-sps-pps"].concat()).expect("stream");
         for n in 0..120i64 {
-            s.append(FrameIn {
-                ts_us: T0_US + n * FRAME_US,
-                pts_90k: Some(n * 3600),
-                key: n % 25 == 0,
-                payload: &payload,
-            })
-            .expect("append");
+            s.append(FrameIn { ts_us: T0_US + n * FRAME_US, pts_90k: Some(n * 3600), key: n % 25 == 0, payload: &payload })
+                .expect("append");
         }
         s.flush().expect("flush");
         // Leave the last segment open: its bytes on disk must be sealed too.
         std::mem::forget(s);
-        for seg in store
-            .segments(cam, i64::MIN + 1, i64::MAX)
-            .expect("segments")
-        {
+        for seg in store.segments(cam, i64::MIN + 1, i64::MAX).expect("segments") {
             ids.push((cam.to_string(), seg.id));
         }
     }
@@ -49,11 +39,7 @@ fn write_marked(store: &Store) -> Vec<(String, storage_core::SegmentId)> {
 }
 
 fn assert_clean(files: Vec<(String, Vec<u8>)>, keys: &[[u8; 32]]) {
-    assert!(
-        files.len() >= 6,
-        "expected segment, sidecar, catalog and key files, got {}",
-        files.len()
-    );
+    assert!(files.len() >= 6, "expected segment, sidecar, catalog and key files, got {}", files.len());
     for (name, bytes) in &files {
         assert!(!contains(bytes, MARKER), "{name} holds plaintext video");
         for k in keys {
@@ -72,18 +58,11 @@ fn in_memory_store_keeps_no_plaintext() {
     // The keys, unwrapped the way a reader would, to search for them.
     let kek = Arc::new(FileKekProvider::open(Arc::new(vfs.clone()), &cfg.kek_dir).expect("kek"));
     let ks = KeyStore::open(Arc::new(vfs.clone()), &cfg.key_dir, kek, 0).expect("keys");
-    let keys: Vec<[u8; 32]> = ids
-        .iter()
-        .map(|(_, id)| *ks.get(*id).expect("key").expose())
-        .collect();
+    let keys: Vec<[u8; 32]> = ids.iter().map(|(_, id)| *ks.get(*id).expect("key").expose()).collect();
     // The marker round-trips, so the search below is not vacuous.
     let f = camvault_tests::all_frames(&store, "cam-x");
     assert!(contains(&f[0].payload, MARKER));
-    let files = vfs
-        .files()
-        .into_iter()
-        .filter_map(|p| vfs.contents(&p).map(|c| (p.display().to_string(), c)))
-        .collect();
+    let files = vfs.files().into_iter().filter_map(|p| vfs.contents(&p).map(|c| (p.display().to_string(), c))).collect();
     assert_clean(files, &keys);
 }
 
@@ -106,10 +85,7 @@ fn real_file_system_keeps_no_plaintext() {
     let ids = write_marked(&store);
     let kek = Arc::new(FileKekProvider::open(Arc::new(StdVfs), &cfg.kek_dir).expect("kek"));
     let ks = KeyStore::open(Arc::new(StdVfs) as Arc<dyn Vfs>, &cfg.key_dir, kek, 0).expect("keys");
-    let keys: Vec<[u8; 32]> = ids
-        .iter()
-        .map(|(_, id)| *ks.get(*id).expect("key").expose())
-        .collect();
+    let keys: Vec<[u8; 32]> = ids.iter().map(|(_, id)| *ks.get(*id).expect("key").expose()).collect();
     let mut files = Vec::new();
     walk(dir.path(), &mut files);
     assert_clean(files, &keys);

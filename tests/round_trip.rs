@@ -9,13 +9,8 @@ const CAMERAS: usize = 12;
 const FRAMES: u64 = 250;
 
 fn fill(store: &Store) {
-    let mut streams: Vec<_> = (0..CAMERAS)
-        .map(|c| {
-            store
-                .open_stream(&format!("cam-{c:03}"), Codec::H264, b"sps-pps")
-                .expect("open")
-        })
-        .collect();
+    let mut streams: Vec<_> =
+        (0..CAMERAS).map(|c| store.open_stream(&format!("cam-{c:03}"), Codec::H264, b"sps-pps").expect("open")).collect();
     // Interleave cameras the way a server sees them.
     for n in 0..FRAMES {
         for (c, s) in streams.iter_mut().enumerate() {
@@ -23,12 +18,7 @@ fn fill(store: &Store) {
             let key = n % 25 == 0;
             let p = payload(&cam, n, key);
             let seq = s
-                .append(FrameIn {
-                    ts_us: T0_US + n as i64 * FRAME_US + c as i64,
-                    pts_90k: Some(n as i64 * 3600),
-                    key,
-                    payload: &p,
-                })
+                .append(FrameIn { ts_us: T0_US + n as i64 * FRAME_US + c as i64, pts_90k: Some(n as i64 * 3600), key, payload: &p })
                 .expect("append");
             assert_eq!(seq, n + 1);
         }
@@ -54,14 +44,8 @@ fn many_cameras_round_trip_byte_exact() {
             assert_eq!(f.key, n % 25 == 0);
             assert_eq!(f.payload.as_ref(), payload(&cam, n, f.key).as_slice());
         }
-        let segs = store
-            .segments(&cam, i64::MIN + 1, i64::MAX)
-            .expect("segments");
-        assert!(
-            segs.len() >= 4,
-            "{cam}: expected several 2 s segments, got {}",
-            segs.len()
-        );
+        let segs = store.segments(&cam, i64::MIN + 1, i64::MAX).expect("segments");
+        assert!(segs.len() >= 4, "{cam}: expected several 2 s segments, got {}", segs.len());
         assert!(segs.iter().all(|s| s.sealed.is_some()));
     }
     // The same after a clean reopen: the index comes back from the catalog.
@@ -84,11 +68,7 @@ fn range_starts_at_the_key_frame_at_or_before_from() {
     let first = (got[0].ts_us - T0_US) / FRAME_US;
     assert_eq!(first, 25, "reading starts at the key frame before `from`");
     assert!(got[0].key);
-    assert_eq!(
-        got.last().map(|f| (f.ts_us - T0_US) / FRAME_US),
-        Some(39),
-        "`to` is exclusive"
-    );
+    assert_eq!(got.last().map(|f| (f.ts_us - T0_US) / FRAME_US), Some(39), "`to` is exclusive");
     assert_eq!(got.len(), 15);
 }
 
@@ -98,18 +78,12 @@ fn ranges_at_segment_boundaries() {
     let store = open_mem(&vfs, test_config()).expect("open");
     fill(&store);
     let cam = "cam-001";
-    let segs = store
-        .segments(cam, i64::MIN + 1, i64::MAX)
-        .expect("segments");
+    let segs = store.segments(cam, i64::MIN + 1, i64::MAX).expect("segments");
     for pair in segs.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         // [last frame of a, first frame of b + 1): both frames, starting from a's last key frame.
         let got = frames(&store, cam, b.first_ts_us, b.first_ts_us + 1);
-        assert_eq!(
-            got.len(),
-            1,
-            "a range starting exactly at a segment's first frame"
-        );
+        assert_eq!(got.len(), 1, "a range starting exactly at a segment's first frame");
         assert_eq!(got[0].ts_us, b.first_ts_us);
         assert!(got[0].key, "segments roll at key frames");
         let got = frames(&store, cam, a.last_ts_us, b.first_ts_us + 1);
@@ -126,9 +100,7 @@ fn ranges_at_segment_boundaries() {
 fn gaps_show_in_recordings_and_reads() {
     let vfs = MemVfs::new();
     let store = open_mem(&vfs, test_config()).expect("open");
-    let mut s = store
-        .open_stream("cam-gap", Codec::H265, b"vps-sps-pps")
-        .expect("open");
+    let mut s = store.open_stream("cam-gap", Codec::H265, b"vps-sps-pps").expect("open");
     let mut ts = Vec::new();
     for n in 0..50u64 {
         ts.push(T0_US + n as i64 * FRAME_US);
@@ -140,18 +112,10 @@ fn gaps_show_in_recordings_and_reads() {
     }
     for (n, &t) in ts.iter().enumerate() {
         let key = n % 25 == 0;
-        s.append(FrameIn {
-            ts_us: t,
-            pts_90k: None,
-            key,
-            payload: &payload("cam-gap", n as u64, key),
-        })
-        .expect("append");
+        s.append(FrameIn { ts_us: t, pts_90k: None, key, payload: &payload("cam-gap", n as u64, key) }).expect("append");
     }
     s.close().expect("close");
-    let rec = store
-        .recordings("cam-gap", T0_US - 1_000_000, resume + 10_000_000)
-        .expect("recordings");
+    let rec = store.recordings("cam-gap", T0_US - 1_000_000, resume + 10_000_000).expect("recordings");
     assert_eq!(rec.spans.len(), 2, "{rec:?}");
     assert_eq!(rec.spans[0].start_us, T0_US);
     assert_eq!(rec.spans[0].end_us, T0_US + 49 * FRAME_US);
@@ -164,10 +128,7 @@ fn gaps_show_in_recordings_and_reads() {
     assert!(inside.is_empty());
     // A range starting in the gap begins with the first frame after it.
     let after = frames(&store, "cam-gap", T0_US + 30_000_000, resume + 3 * FRAME_US);
-    assert_eq!(
-        after.iter().map(|f| f.ts_us).collect::<Vec<_>>(),
-        vec![resume, resume + FRAME_US, resume + 2 * FRAME_US]
-    );
+    assert_eq!(after.iter().map(|f| f.ts_us).collect::<Vec<_>>(), vec![resume, resume + FRAME_US, resume + 2 * FRAME_US]);
     assert!(after.iter().all(|f| f.codec == Codec::H265));
 }
 
@@ -175,30 +136,17 @@ fn gaps_show_in_recordings_and_reads() {
 fn codec_config_changes_come_back_in_order() {
     let vfs = MemVfs::new();
     let store = open_mem(&vfs, test_config()).expect("open");
-    let mut s = store
-        .open_stream("cam-cfg", Codec::H264, b"config-A")
-        .expect("open");
+    let mut s = store.open_stream("cam-cfg", Codec::H264, b"config-A").expect("open");
     for n in 0..60u64 {
         if n == 30 {
             // The camera switches to H.265 at a key frame.
-            s.set_codec_config(Codec::H265, b"config-B")
-                .expect("config");
+            s.set_codec_config(Codec::H265, b"config-B").expect("config");
         }
         let key = n % 10 == 0;
-        s.append(FrameIn {
-            ts_us: T0_US + n as i64 * FRAME_US,
-            pts_90k: None,
-            key,
-            payload: &payload("cam-cfg", n, key),
-        })
-        .expect("append");
+        s.append(FrameIn { ts_us: T0_US + n as i64 * FRAME_US, pts_90k: None, key, payload: &payload("cam-cfg", n, key) }).expect("append");
     }
     s.close().expect("close");
-    let items: Vec<ReadItem> = store
-        .read("cam-cfg", T0_US, T0_US + 60 * FRAME_US)
-        .expect("read")
-        .collect::<Result<_, _>>()
-        .expect("items");
+    let items: Vec<ReadItem> = store.read("cam-cfg", T0_US, T0_US + 60 * FRAME_US).expect("read").collect::<Result<_, _>>().expect("items");
     let mut config = None;
     let mut seen_b = false;
     for it in &items {
@@ -219,11 +167,8 @@ fn codec_config_changes_come_back_in_order() {
     }
     assert!(seen_b);
     // Starting mid-way after the change, the first item is config B.
-    let mid: Vec<ReadItem> = store
-        .read("cam-cfg", T0_US + 45 * FRAME_US, T0_US + 46 * FRAME_US)
-        .expect("read")
-        .collect::<Result<_, _>>()
-        .expect("items");
+    let mid: Vec<ReadItem> =
+        store.read("cam-cfg", T0_US + 45 * FRAME_US, T0_US + 46 * FRAME_US).expect("read").collect::<Result<_, _>>().expect("items");
     match &mid[0] {
         ReadItem::Config(c) => assert_eq!(c.data.as_ref(), b"config-B"),
         other => panic!("expected config first, got {other:?}"),
@@ -236,38 +181,15 @@ fn late_stream_fills_the_past_while_live_continues() {
     let store = open_mem(&vfs, test_config()).expect("open");
     // Live from T0 + 1 h; the edge site catches up on [T0, T0 + 10 s).
     let live_t0 = T0_US + 3_600_000_000;
-    let mut live = store
-        .open_stream("cam-edge", Codec::H264, b"c")
-        .expect("live");
-    let mut late = store
-        .open_stream("cam-edge", Codec::H264, b"c")
-        .expect("late");
+    let mut live = store.open_stream("cam-edge", Codec::H264, b"c").expect("live");
+    let mut late = store.open_stream("cam-edge", Codec::H264, b"c").expect("late");
     for n in 0..250u64 {
         let key = n % 25 == 0;
-        live.append(FrameIn {
-            ts_us: live_t0 + n as i64 * FRAME_US,
-            pts_90k: None,
-            key,
-            payload: &payload("live", n, key),
-        })
-        .expect("live");
-        late.append(FrameIn {
-            ts_us: T0_US + n as i64 * FRAME_US,
-            pts_90k: None,
-            key,
-            payload: &payload("late", n, key),
-        })
-        .expect("late");
+        live.append(FrameIn { ts_us: live_t0 + n as i64 * FRAME_US, pts_90k: None, key, payload: &payload("live", n, key) }).expect("live");
+        late.append(FrameIn { ts_us: T0_US + n as i64 * FRAME_US, pts_90k: None, key, payload: &payload("late", n, key) }).expect("late");
     }
     // The catch-up stream may not run into the live stream's video.
-    let err = late
-        .append(FrameIn {
-            ts_us: live_t0 + 5 * FRAME_US,
-            pts_90k: None,
-            key: true,
-            payload: b"x",
-        })
-        .expect_err("overlap");
+    let err = late.append(FrameIn { ts_us: live_t0 + 5 * FRAME_US, pts_90k: None, key: true, payload: b"x" }).expect_err("overlap");
     assert!(matches!(err, storage_core::Error::Overlap { .. }), "{err}");
     live.close().expect("close");
     late.close().expect("close");
@@ -275,10 +197,7 @@ fn late_stream_fills_the_past_while_live_continues() {
     assert_eq!(all.len(), 500);
     assert!(all.windows(2).all(|w| w[0].ts_us < w[1].ts_us));
     assert_eq!(all[0].payload.as_ref(), payload("late", 0, true).as_slice());
-    assert_eq!(
-        all[250].payload.as_ref(),
-        payload("live", 0, true).as_slice()
-    );
+    assert_eq!(all[250].payload.as_ref(), payload("live", 0, true).as_slice());
 }
 
 #[test]
@@ -287,26 +206,15 @@ fn real_file_system_round_trip_with_group_commit() {
     let mut cfg = StoreConfig::new(dir.path().join("data"));
     cfg.flush = storage_core::FlushPolicy::Interval(std::time::Duration::from_millis(20));
     let store = Store::open(cfg.clone()).expect("open");
-    let mut s = store
-        .open_stream("cam-real", Codec::H264, b"cfg")
-        .expect("stream");
+    let mut s = store.open_stream("cam-real", Codec::H264, b"cfg").expect("stream");
     let mut last = 0;
     for n in 0..100u64 {
         let key = n % 25 == 0;
         last = s
-            .append(FrameIn {
-                ts_us: T0_US + n as i64 * FRAME_US,
-                pts_90k: None,
-                key,
-                payload: &payload("cam-real", n, key),
-            })
+            .append(FrameIn { ts_us: T0_US + n as i64 * FRAME_US, pts_90k: None, key, payload: &payload("cam-real", n, key) })
             .expect("append");
     }
-    assert!(
-        s.wait_durable(last, std::time::Duration::from_secs(30))
-            .expect("wait"),
-        "the group commit makes appends durable"
-    );
+    assert!(s.wait_durable(last, std::time::Duration::from_secs(30)).expect("wait"), "the group commit makes appends durable");
     // Durable frames are readable while the stream is still open.
     assert_eq!(all_frames(&store, "cam-real").len(), 100);
     s.close().expect("close");
@@ -314,8 +222,5 @@ fn real_file_system_round_trip_with_group_commit() {
     let store = Store::open(cfg).expect("reopen");
     let got = all_frames(&store, "cam-real");
     assert_eq!(got.len(), 100);
-    assert_eq!(
-        got[99].payload.as_ref(),
-        payload("cam-real", 99, false).as_slice()
-    );
+    assert_eq!(got[99].payload.as_ref(), payload("cam-real", 99, false).as_slice());
 }

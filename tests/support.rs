@@ -31,24 +31,13 @@ pub fn open_mem(vfs: &MemVfs, config: StoreConfig) -> storage_core::Result<Store
 /// Opens a store over any vfs with a simulated clock at [`T0_US`].
 pub fn open_on(vfs: Arc<dyn Vfs>, config: StoreConfig) -> storage_core::Result<Store> {
     let clock: Arc<dyn Clock> = Arc::new(SimClock::new(T0_US));
-    Store::open_with(
-        config,
-        Env {
-            vfs,
-            clock,
-            kek: None,
-        },
-    )
+    Store::open_with(config, Env { vfs, clock, kek: None })
 }
 
 /// A deterministic payload for frame `n` of `camera`: distinct per frame, sized like video
 /// (large key frames, small others), prefixed so a test can find it.
 pub fn payload(camera: &str, n: u64, key: bool) -> Vec<u8> {
-    let len = if key {
-        6_000 + (n as usize % 7) * 500
-    } else {
-        700 + (n as usize % 13) * 90
-    };
+    let len = if key { 6_000 + (n as usize % 7) * 500 } else { 700 + (n as usize % 13) * 90 };
     let mut v = format!("{camera}/{n}/").into_bytes();
     let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ camera.len() as u64;
     while v.len() < len {

@@ -1,1 +1,322 @@
-//! x
+//! Load generation and baselines for camvault's benchmarks.
+//!
+//! Every engine figure is measured beside a baseline run in the same process on the same disk:
+//! the same frame bytes written as plain appends into one file per stream, batched into the
+//! same write size and fsynced on the same cadence by the same number of threads, with no
+//! encryption, no CRC and no index.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use storage_core::{Codec, FlushPolicy, FrameIn, Store, StoreConfig, WRITE_BATCH_BYTES};
+
+/// A camera stream's shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Profile {
+    /// Bits per second.
+    pub bitrate_bps: u64,
+    /// Frames per second.
+    pub fps: u32,
+    /// Frames per GOP (key frame interval).
+    pub gop_frames: u32,
+    /// Key frame size as a multiple of a predicted frame's.
+    pub key_ratio: u32,
+}
+
+impl Profile {
+    /// 1080p-like: 4 Mbit/s, 25 fps, a key frame each second (I-frames ~8x P-frames).
+    pub const HD_4MBIT: Profile = Profile { bitrate_bps: 4_000_000, fps: 25, gop_frames: 25, key_ratio: 8 };
+    /// 4K-like: 16 Mbit/s, 25 fps, 2 s GOP (I-frames above 1 MiB).
+    pub const UHD_16MBIT: Profile = Profile { bitrate_bps: 16_000_000, fps: 25, gop_frames: 50, key_ratio: 20 };
+
+    /// Size of frame `n` of a stream whose GOP starts at `phase`: large key frames, small
+    /// predicted frames, jittered ±12% deterministically.
+    pub fn frame_bytes(&self, n: u64, phase: u32) -> (usize, bool) {
+        let gop_bytes = self.bitrate_bps / 8 * u64::from(self.gop_frames) / u64::from(self.fps);
+        let units = u64::from(self.key_ratio) + u64::from(self.gop_frames) - 1;
+        let p = gop_bytes / units;
+        let key = (n + u64::from(phase)) % u64::from(self.gop_frames) == 0;
+        let base = if key { p * u64::from(self.key_ratio) } else { p };
+        let jitter = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as i64 - 32; // -32..31
+        let size = (base as i64 + base as i64 * jitter / 256).max(64) as usize;
+        (size, key)
+    }
+
+    /// Frame interval in microseconds.
+    pub fn frame_us(&self) -> i64 {
+        1_000_000 / i64::from(self.fps)
+    }
+}
+
+/// Pseudo-random bytes standing in for encoded video (incompressible, like real video).
+pub fn noise(len: usize) -> Vec<u8> {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunResult {
+    /// Payload bytes written.
+    pub payload_bytes: u64,
+    /// Bytes that ended up on disk.
+    pub disk_bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Frames written.
+    pub frames: u64,
+    /// Resident memory growth during the run divided by streams, bytes.
+    pub rss_per_stream: u64,
+    /// Frames found when reading back (engine only).
+    pub verified_frames: u64,
+}
+
+impl RunResult {
+    /// Payload throughput, MB/s.
+    pub fn mb_s(&self) -> f64 {
+        self.payload_bytes as f64 / self.elapsed.as_secs_f64() / 1e6
+    }
+}
+
+/// Resident set size of this process, bytes.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Bytes under `dir`, recursively.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                dir_bytes(&p)
+            } else {
+                e.metadata().map_or(0, |m| m.len())
+            }
+        })
+        .sum()
+}
+
+/// A scenario: `streams` streams of `profile` for `seconds` of video each, written as fast as
+/// the writer can, with `threads` appending threads.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    /// Concurrent streams.
+    pub streams: usize,
+    /// Stream shape.
+    pub profile: Profile,
+    /// Seconds of video per stream.
+    pub seconds: u32,
+    /// Appending threads.
+    pub threads: usize,
+    /// Group-commit period.
+    pub flush: Duration,
+}
+
+/// Runs `f(stream, frame_index, phase)` for every frame in time order, spread over threads
+/// that each own a slice of the streams.
+fn drive<S: Send>(sc: &Scenario, states: Vec<S>, f: impl Fn(&mut S, usize, u64, u32) + Sync) -> Vec<S> {
+    let frames = u64::from(sc.seconds) * u64::from(sc.profile.fps);
+    let per = states.len().div_ceil(sc.threads.max(1)).max(1);
+    let mut parts: Vec<Vec<S>> = Vec::new();
+    let mut it = states.into_iter();
+    loop {
+        let part: Vec<S> = it.by_ref().take(per).collect();
+        if part.is_empty() {
+            break;
+        }
+        parts.push(part);
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(t, mut part)| {
+                let f = &f;
+                s.spawn(move || {
+                    for n in 0..frames {
+                        for (i, st) in part.iter_mut().enumerate() {
+                            let stream = t * per + i;
+                            f(st, stream, n, (stream % 25) as u32);
+                        }
+                    }
+                    part
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
+}
+
+struct RawFile {
+    file: File,
+    inner: Mutex<(Vec<u8>, u64)>,
+}
+
+/// The raw baseline: one plain file per stream, 256 KiB writes, fdatasync of every dirty file
+/// each flush period by 4 threads, no encryption, no CRC, no index.
+pub fn run_raw(dir: &Path, sc: &Scenario, payload: &[u8]) -> std::io::Result<RunResult> {
+    std::fs::create_dir_all(dir)?;
+    let files: Vec<Arc<RawFile>> = (0..sc.streams)
+        .map(|i| {
+            let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.join(format!("{i:05}.raw")))?;
+            Ok(Arc::new(RawFile { file, inner: Mutex::new((Vec::with_capacity(WRITE_BATCH_BYTES), 0)) }))
+        })
+        .collect::<std::io::Result<_>>()?;
+    let rss0 = rss_bytes();
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    let flush_one = |f: &RawFile| {
+        let len = {
+            let Ok(mut g) = f.inner.lock() else { return };
+            let (buf, off) = &mut *g;
+            if !buf.is_empty() {
+                let _ = f.file.write_all_at(buf, *off);
+                *off += buf.len() as u64;
+                buf.clear();
+            }
+            *off
+        };
+        if len > 0 {
+            let _ = f.file.sync_data();
+        }
+    };
+    let mut peak = 0;
+    let result = std::thread::scope(|s| {
+        let flusher = s.spawn(|| {
+            let mut last = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+                if last.elapsed() < sc.flush {
+                    continue;
+                }
+                last = Instant::now();
+                let chunk = files.len().div_ceil(4);
+                std::thread::scope(|s2| {
+                    for part in files.chunks(chunk) {
+                        s2.spawn(|| part.iter().for_each(|f| flush_one(f)));
+                    }
+                });
+            }
+        });
+        let states: Vec<(Arc<RawFile>, u64)> = files.iter().map(|f| (f.clone(), 0u64)).collect();
+        let states = drive(sc, states, |(f, bytes), _stream, n, phase| {
+            let (size, _key) = sc.profile.frame_bytes(n, phase);
+            let Ok(mut g) = f.inner.lock() else { return };
+            let (buf, off) = &mut *g;
+            buf.extend_from_slice(&payload[..size]);
+            *bytes += size as u64;
+            if buf.len() >= WRITE_BATCH_BYTES {
+                let _ = f.file.write_all_at(buf, *off);
+                *off += buf.len() as u64;
+                buf.clear();
+            }
+        });
+        peak = rss_bytes();
+        files.iter().for_each(|f| flush_one(f));
+        let elapsed = start.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        let _ = flusher.join();
+        (states.iter().map(|s| s.1).sum::<u64>(), elapsed)
+    });
+    let (result, elapsed) = result;
+    let frames = u64::from(sc.seconds) * u64::from(sc.profile.fps) * sc.streams as u64;
+    Ok(RunResult {
+        payload_bytes: result,
+        disk_bytes: dir_bytes(dir),
+        elapsed,
+        frames,
+        rss_per_stream: peak.saturating_sub(rss0) / sc.streams as u64,
+        verified_frames: frames,
+    })
+}
+
+/// The device's ceiling: the same bytes through one sequential file, same write size, fsync
+/// each flush period.
+pub fn run_sequential(dir: &Path, total_bytes: u64, flush: Duration) -> std::io::Result<RunResult> {
+    std::fs::create_dir_all(dir)?;
+    let file = OpenOptions::new().create(true).truncate(true).write(true).open(dir.join("sequential.raw"))?;
+    let buf = noise(WRITE_BATCH_BYTES);
+    let start = Instant::now();
+    let mut last_sync = Instant::now();
+    let mut off = 0u64;
+    while off < total_bytes {
+        file.write_all_at(&buf, off)?;
+        off += buf.len() as u64;
+        if last_sync.elapsed() >= flush {
+            file.sync_data()?;
+            last_sync = Instant::now();
+        }
+    }
+    file.sync_data()?;
+    Ok(RunResult { payload_bytes: off, disk_bytes: off, elapsed: start.elapsed(), frames: 0, rss_per_stream: 0, verified_frames: 0 })
+}
+
+/// The engine: one camvault stream per camera, encryption on, group commit every `sc.flush`.
+/// Reads back the frame counts afterwards (zero frames may be lost).
+pub fn run_engine(dir: &Path, sc: &Scenario, payload: &[u8]) -> storage_core::Result<RunResult> {
+    let mut cfg = StoreConfig::new(dir);
+    cfg.flush = FlushPolicy::Interval(sc.flush);
+    let store = Store::open(cfg)?;
+    let t0: i64 = 1_767_225_600_000_000;
+    let streams: Vec<_> = (0..sc.streams)
+        .map(|i| store.open_stream(&format!("cam-{i:05}"), Codec::H264, b"sps-pps").map(|s| (s, 0u64)))
+        .collect::<Result<_, _>>()?;
+    let rss0 = rss_bytes();
+    let start = Instant::now();
+    let errors = AtomicBool::new(false);
+    let frame_us = sc.profile.frame_us();
+    let streams = drive(sc, streams, |(s, bytes), _stream, n, phase| {
+        let (size, key) = sc.profile.frame_bytes(n, phase);
+        let r = s.append(FrameIn { ts_us: t0 + n as i64 * frame_us, pts_90k: Some(n as i64 * 3600), key, payload: &payload[..size] });
+        match r {
+            Ok(_) => *bytes += size as u64,
+            Err(_) => errors.store(true, Ordering::Relaxed),
+        }
+    });
+    let peak = rss_bytes();
+    let payload_bytes: u64 = streams.iter().map(|s| s.1).sum();
+    for (s, _) in streams {
+        s.close()?;
+    }
+    let elapsed = start.elapsed();
+    if errors.load(Ordering::Relaxed) {
+        return Err(storage_core::Error::InvalidArgument("appends failed during the run".into()));
+    }
+    // Read back: every frame must be there, in order.
+    let mut verified = 0u64;
+    for i in 0..sc.streams {
+        for seg in store.segments(&format!("cam-{i:05}"), i64::MIN + 1, i64::MAX)? {
+            verified += seg.sealed.map_or(0, |s| u64::from(s.frame_count));
+        }
+    }
+    let frames = u64::from(sc.seconds) * u64::from(sc.profile.fps) * sc.streams as u64;
+    drop(store);
+    Ok(RunResult {
+        payload_bytes,
+        disk_bytes: dir_bytes(dir),
+        elapsed,
+        frames,
+        rss_per_stream: peak.saturating_sub(rss0) / sc.streams as u64,
+        verified_frames: verified,
+    })
+}

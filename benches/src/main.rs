@@ -1,1 +1,85 @@
-fn main() {}
+//! `camvault-bench`: multi-stream ingest against the raw-disk baseline, printed as a table.
+//!
+//! ```text
+//! cargo run --release -p camvault-benches --bin camvault-bench -- [--smoke] [--dir DIR] [--streams 1,64,1000] [--seconds N]
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use camvault_benches::{noise, run_engine, run_raw, run_sequential, Profile, Scenario};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let base = arg("--dir").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("camvault-bench"));
+    let streams: Vec<usize> = arg("--streams").map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect()).unwrap_or_else(|| {
+        if smoke {
+            vec![1, 8]
+        } else {
+            vec![1, 64, 1000]
+        }
+    });
+    let seconds: u32 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(if smoke { 2 } else { 10 });
+    let profile = if args.iter().any(|a| a == "--4k") { Profile::UHD_16MBIT } else { Profile::HD_4MBIT };
+    let payload = noise(8 << 20);
+    println!(
+        "camvault-bench: {} kbit/s, {} fps, GOP {} frames, {seconds} s of video per stream, group commit 1 s",
+        profile.bitrate_bps / 1000,
+        profile.fps,
+        profile.gop_frames
+    );
+    println!(
+        "| streams | raw MB/s | engine MB/s | engine/raw | sequential MB/s | engine/seq | write amp | RSS/stream KiB | frames verified |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut failed = false;
+    for &n in &streams {
+        let sc = Scenario { streams: n, profile, seconds, threads: 2, flush: Duration::from_secs(1) };
+        let dir = base.join(format!("s{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let raw = match run_raw(&dir.join("raw"), &sc, &payload) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("raw baseline failed: {e}");
+                std::process::exit(1);
+            }
+        };
+        let _ = std::fs::remove_dir_all(dir.join("raw"));
+        let eng = match run_engine(&dir.join("engine"), &sc, &payload) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("engine run failed: {e}");
+                std::process::exit(1);
+            }
+        };
+        let _ = std::fs::remove_dir_all(dir.join("engine"));
+        let seq = match run_sequential(&dir.join("seq"), raw.payload_bytes, sc.flush) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("sequential baseline failed: {e}");
+                std::process::exit(1);
+            }
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        let ok = eng.verified_frames == eng.frames;
+        failed |= !ok;
+        println!(
+            "| {n} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.3} | {} | {}/{}{} |",
+            raw.mb_s(),
+            eng.mb_s(),
+            eng.mb_s() / raw.mb_s(),
+            seq.mb_s(),
+            eng.mb_s() / seq.mb_s(),
+            eng.disk_bytes as f64 / eng.payload_bytes as f64,
+            eng.rss_per_stream / 1024,
+            eng.verified_frames,
+            eng.frames,
+            if ok { "" } else { " LOST FRAMES" }
+        );
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}

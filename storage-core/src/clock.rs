@@ -32,9 +32,7 @@ pub struct SimClock {
 impl SimClock {
     /// A clock standing at `now_us`.
     pub fn new(now_us: i64) -> Self {
-        SimClock {
-            now_us: AtomicI64::new(now_us),
-        }
+        SimClock { now_us: AtomicI64::new(now_us) }
     }
 
     /// Moves the clock forward by `delta_us`.

@@ -75,48 +75,22 @@ impl StoreConfig {
     pub fn validate(&self) -> Result<()> {
         let range = |what: &str, v: i128, lo: i128, hi: i128| {
             if v < lo || v > hi {
-                Err(Error::InvalidArgument(format!(
-                    "{what} = {v} is outside {lo}..={hi}"
-                )))
+                Err(Error::InvalidArgument(format!("{what} = {v} is outside {lo}..={hi}")))
             } else {
                 Ok(())
             }
         };
-        range(
-            "segment_duration_us",
-            self.segment_duration_us.into(),
-            SEGMENT_DURATION_US_MIN.into(),
-            SEGMENT_DURATION_US_MAX.into(),
-        )?;
-        range(
-            "segment_bytes_max",
-            self.segment_bytes_max.into(),
-            SEGMENT_BYTES_MIN.into(),
-            SEGMENT_BYTES_MAX.into(),
-        )?;
-        range(
-            "gap_us",
-            self.gap_us.into(),
-            1,
-            SEGMENT_DURATION_US_MAX.into(),
-        )?;
-        range(
-            "flusher_threads",
-            self.flusher_threads as i128,
-            1,
-            FLUSHER_THREADS_MAX as i128,
-        )?;
+        range("segment_duration_us", self.segment_duration_us.into(), SEGMENT_DURATION_US_MIN.into(), SEGMENT_DURATION_US_MAX.into())?;
+        range("segment_bytes_max", self.segment_bytes_max.into(), SEGMENT_BYTES_MIN.into(), SEGMENT_BYTES_MAX.into())?;
+        range("gap_us", self.gap_us.into(), 1, SEGMENT_DURATION_US_MAX.into())?;
+        range("flusher_threads", self.flusher_threads as i128, 1, FLUSHER_THREADS_MAX as i128)?;
         if let FlushPolicy::Interval(d) = self.flush {
             if d.is_zero() || d > Duration::from_secs(60) {
-                return Err(Error::InvalidArgument(
-                    "flush interval must be within (0, 60 s]".into(),
-                ));
+                return Err(Error::InvalidArgument("flush interval must be within (0, 60 s]".into()));
             }
         }
         if self.key_dir.starts_with(self.root.join("segments")) {
-            return Err(Error::InvalidArgument(
-                "key_dir must not lie inside the segments directory".into(),
-            ));
+            return Err(Error::InvalidArgument("key_dir must not lie inside the segments directory".into()));
         }
         Ok(())
     }

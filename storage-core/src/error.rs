@@ -112,9 +112,7 @@ impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();
         // ENOSPC (28) and EDQUOT (122) both mean "no room": refuse loudly, delete nothing.
-        if source.kind() == std::io::ErrorKind::StorageFull
-            || matches!(source.raw_os_error(), Some(28 | 122))
-        {
+        if source.kind() == std::io::ErrorKind::StorageFull || matches!(source.raw_os_error(), Some(28 | 122)) {
             return Error::NoSpace { path };
         }
         Error::Io { op, path, source }

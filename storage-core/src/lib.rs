@@ -31,20 +31,22 @@ pub mod io;
 pub mod keys;
 mod segment;
 mod store;
+#[doc(hidden)]
+pub mod testing;
 
 pub use catalog::SealedInfo;
 pub use clock::{Clock, SimClock, SystemClock};
 pub use config::{
-    FlushPolicy, StoreConfig, FLUSHER_THREADS_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
-    SEGMENT_DURATION_US_MAX, SEGMENT_DURATION_US_MIN, STREAMS_MAX,
+    FlushPolicy, StoreConfig, FLUSHER_THREADS_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_DURATION_US_MAX, SEGMENT_DURATION_US_MIN,
+    STREAMS_MAX,
 };
 pub use error::{Error, Result};
 pub use segment::format::CAMERA_ID_BYTES_MAX;
 pub use segment::writer::WRITE_BATCH_BYTES;
 pub use segment::{Codec, CODEC_CONFIG_BYTES_MAX, FRAME_BYTES_MAX};
 pub use store::{
-    CodecConfig, CorruptionReport, Env, Frame, FrameIn, FrameReader, Metrics, ReadItem, Recordings,
-    SegmentSummary, Span, Store, StreamWriter,
+    CodecConfig, CorruptionReport, Env, Frame, FrameIn, FrameReader, Metrics, ReadItem, Recordings, SegmentSummary, Span, Store,
+    StreamWriter,
 };
 
 /// Identifies a segment; allocated in increasing order, never reused.

@@ -45,29 +45,16 @@ pub struct SealedInfo {
 /// One catalog event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CatalogRecord {
-    Open {
-        segment: SegmentId,
-        created_us: i64,
-        camera: String,
-    },
-    Sealed {
-        segment: SegmentId,
-        info: SealedInfo,
-    },
-    Dropped {
-        segment: SegmentId,
-    },
+    Open { segment: SegmentId, created_us: i64, camera: String },
+    Sealed { segment: SegmentId, info: SealedInfo },
+    Dropped { segment: SegmentId },
 }
 
 impl CatalogRecord {
     fn encode(&self) -> Vec<u8> {
         let mut p = Vec::with_capacity(96);
         let ty = match self {
-            CatalogRecord::Open {
-                segment,
-                created_us,
-                camera,
-            } => {
+            CatalogRecord::Open { segment, created_us, camera } => {
                 p.extend_from_slice(&segment.0.to_le_bytes());
                 p.extend_from_slice(&created_us.to_le_bytes());
                 p.push(camera.len() as u8);
@@ -109,11 +96,7 @@ impl CatalogRecord {
                     return None;
                 }
                 let camera = std::str::from_utf8(&p[17..]).ok()?.to_string();
-                Some(CatalogRecord::Open {
-                    segment: SegmentId(le_u64(p, 0)),
-                    created_us: le_i64(p, 8),
-                    camera,
-                })
+                Some(CatalogRecord::Open { segment: SegmentId(le_u64(p, 0)), created_us: le_i64(p, 8), camera })
             }
             (2, 56) => Some(CatalogRecord::Sealed {
                 segment: SegmentId(le_u64(p, 0)),
@@ -127,9 +110,7 @@ impl CatalogRecord {
                     payload_bytes: le_u64(p, 48),
                 },
             }),
-            (3, 8) => Some(CatalogRecord::Dropped {
-                segment: SegmentId(le_u64(p, 0)),
-            }),
+            (3, 8) => Some(CatalogRecord::Dropped { segment: SegmentId(le_u64(p, 0)) }),
             _ => None,
         }
     }
@@ -163,8 +144,7 @@ impl Catalog {
     /// damage followed by more than one record's worth of bytes is corruption and refuses to
     /// open rather than drop what follows.
     pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path) -> Result<Loaded> {
-        vfs.create_dir_all(dir)
-            .map_err(|e| Error::io("create catalog directory", dir, e))?;
+        vfs.create_dir_all(dir).map_err(|e| Error::io("create catalog directory", dir, e))?;
         let path = dir.join(FILE_NAME);
         if !vfs.exists(&path) {
             let mut h = [0u8; HEADER_LEN];
@@ -188,23 +168,14 @@ impl Catalog {
             })()
             .map_err(|e| Error::io("create catalog", &path, e))?;
         }
-        let file = vfs
-            .open(&path)
-            .map_err(|e| Error::io("open catalog", &path, e))?;
-        let file_len = file
-            .len()
-            .map_err(|e| Error::io("stat catalog", &path, e))?;
+        let file = vfs.open(&path).map_err(|e| Error::io("open catalog", &path, e))?;
+        let file_len = file.len().map_err(|e| Error::io("stat catalog", &path, e))?;
         let mut h = [0u8; HEADER_LEN];
-        if read_up_to(file.as_ref(), &mut h, 0).map_err(|e| Error::io("read catalog", &path, e))?
-            != HEADER_LEN
+        if read_up_to(file.as_ref(), &mut h, 0).map_err(|e| Error::io("read catalog", &path, e))? != HEADER_LEN
             || &h[..8] != MAGIC
             || crc32fast::hash(&h[..H_CRC]) != le_u32(&h, H_CRC)
         {
-            return Err(Error::Corrupt {
-                path,
-                offset: Some(0),
-                detail: "catalog header fails its check".into(),
-            });
+            return Err(Error::Corrupt { path, offset: Some(0), detail: "catalog header fails its check".into() });
         }
         let mut entries: BTreeMap<SegmentId, CatalogEntry> = BTreeMap::new();
         let mut max_segment = None;
@@ -215,18 +186,12 @@ impl Catalog {
         loop {
             // Keep at least one whole record in the window.
             let rel = (pos - buf_start) as usize;
-            if buf_len - rel < FRAME_LEN + RECORD_PAYLOAD_BYTES_MAX
-                && buf_start + (buf_len as u64) < file_len
-            {
+            if buf_len - rel < FRAME_LEN + RECORD_PAYLOAD_BYTES_MAX && buf_start + (buf_len as u64) < file_len {
                 buf.copy_within(rel..buf_len, 0);
                 buf_len -= rel;
                 buf_start = pos;
-                let n = read_up_to(
-                    file.as_ref(),
-                    &mut buf[buf_len..],
-                    buf_start + buf_len as u64,
-                )
-                .map_err(|e| Error::io("read catalog", &path, e))?;
+                let n = read_up_to(file.as_ref(), &mut buf[buf_len..], buf_start + buf_len as u64)
+                    .map_err(|e| Error::io("read catalog", &path, e))?;
                 buf_len += n;
             }
             let rel = (pos - buf_start) as usize;
@@ -245,10 +210,7 @@ impl Catalog {
                 if crc32fast::hash(&avail[4..FRAME_LEN + plen]) != le_u32(avail, 0) {
                     return None;
                 }
-                Some((
-                    CatalogRecord::decode(avail[8], &avail[FRAME_LEN..FRAME_LEN + plen]),
-                    FRAME_LEN + plen,
-                ))
+                Some((CatalogRecord::decode(avail[8], &avail[FRAME_LEN..FRAME_LEN + plen]), FRAME_LEN + plen))
             })();
             let Some((rec, used)) = parsed else {
                 let rest = file_len - pos;
@@ -256,15 +218,11 @@ impl Catalog {
                     return Err(Error::Corrupt {
                         path,
                         offset: Some(pos),
-                        detail: format!(
-                            "catalog record at {pos} fails its check with {rest} bytes after it"
-                        ),
+                        detail: format!("catalog record at {pos} fails its check with {rest} bytes after it"),
                     });
                 }
                 tracing::warn!(path = %path.display(), offset = pos, bytes = rest, "cutting torn catalog tail");
-                file.set_len(pos)
-                    .and_then(|_| file.sync_data())
-                    .map_err(|e| Error::io("truncate catalog", &path, e))?;
+                file.set_len(pos).and_then(|_| file.sync_data()).map_err(|e| Error::io("truncate catalog", &path, e))?;
                 break;
             };
             let Some(rec) = rec else {
@@ -275,20 +233,9 @@ impl Catalog {
                 });
             };
             match rec {
-                CatalogRecord::Open {
-                    segment,
-                    created_us,
-                    camera,
-                } => {
+                CatalogRecord::Open { segment, created_us, camera } => {
                     max_segment = max_segment.max(Some(segment));
-                    entries.insert(
-                        segment,
-                        CatalogEntry {
-                            camera,
-                            created_us,
-                            sealed: None,
-                        },
-                    );
+                    entries.insert(segment, CatalogEntry { camera, created_us, sealed: None });
                 }
                 CatalogRecord::Sealed { segment, info } => match entries.get_mut(&segment) {
                     Some(e) => e.sealed = Some(info),
@@ -306,27 +253,24 @@ impl Catalog {
             }
             pos += used as u64;
         }
-        Ok(Loaded {
-            catalog: Catalog {
-                path,
-                file,
-                len: pos,
-                poisoned: None,
-            },
-            entries,
-            max_segment,
-        })
+        Ok(Loaded { catalog: Catalog { path, file, len: pos, poisoned: None }, entries, max_segment })
     }
 
     /// Appends one record and fsyncs. A failed fsync poisons the catalog for good.
     pub(crate) fn append(&mut self, rec: &CatalogRecord) -> Result<()> {
+        self.append_many(std::slice::from_ref(rec))
+    }
+
+    /// Appends several records with one write and one fsync.
+    pub(crate) fn append_many(&mut self, recs: &[CatalogRecord]) -> Result<()> {
         if let Some(p) = &self.poisoned {
             return Err(Error::Poisoned(p.clone()));
         }
-        let bytes = rec.encode();
-        self.file
-            .write_at(&bytes, self.len)
-            .map_err(|e| Error::io("append catalog", &self.path, e))?;
+        let mut bytes = Vec::with_capacity(recs.len() * 72);
+        for r in recs {
+            bytes.extend_from_slice(&r.encode());
+        }
+        self.file.write_at(&bytes, self.len).map_err(|e| Error::io("append catalog", &self.path, e))?;
         if let Err(e) = self.file.sync_data() {
             self.poisoned = Some(format!("fsync of {} failed: {e}", self.path.display()));
             return Err(Error::io("fsync catalog", &self.path, e));

@@ -59,13 +59,8 @@ impl FaultyVfs {
 
     /// Fails every mutating operation after the next `n` with `kind`.
     pub fn fail_after(&self, n: u64, kind: FaultKind) {
-        self.faults.kind.store(
-            if kind == FaultKind::NoSpace { 1 } else { 0 },
-            Ordering::SeqCst,
-        );
-        self.faults
-            .budget
-            .store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::SeqCst);
+        self.faults.kind.store(if kind == FaultKind::NoSpace { 1 } else { 0 }, Ordering::SeqCst);
+        self.faults.budget.store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::SeqCst);
     }
 
     /// Stops failing.
@@ -108,17 +103,11 @@ impl Vfs for FaultyVfs {
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn VfsFile>> {
         self.faults.check()?;
         let inner = self.inner.create_new(path)?;
-        Ok(Arc::new(FaultyFile {
-            inner,
-            faults: self.faults.clone(),
-        }))
+        Ok(Arc::new(FaultyFile { inner, faults: self.faults.clone() }))
     }
     fn open(&self, path: &Path) -> io::Result<Arc<dyn VfsFile>> {
         let inner = self.inner.open(path)?;
-        Ok(Arc::new(FaultyFile {
-            inner,
-            faults: self.faults.clone(),
-        }))
+        Ok(Arc::new(FaultyFile { inner, faults: self.faults.clone() }))
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.faults.check()?;

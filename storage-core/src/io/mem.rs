@@ -88,11 +88,7 @@ impl MemVfs {
     /// The file system a crash right now would leave behind.
     pub fn crash(&self, mode: CrashMode) -> MemVfs {
         let st = lock(&self.state);
-        let mut out = State {
-            dirs: st.dirs.clone(),
-            journal: st.journal.clone(),
-            ..State::default()
-        };
+        let mut out = State { dirs: st.dirs.clone(), journal: st.journal.clone(), ..State::default() };
         for (path, data) in &st.durable {
             let d = lock(data);
             let mut bytes = match mode {
@@ -109,17 +105,11 @@ impl MemVfs {
                     bytes[*off as usize..end].copy_from_slice(keep);
                 }
             }
-            let fd = Arc::new(Mutex::new(FileData {
-                live: bytes.clone(),
-                durable: bytes,
-                last_unsynced: None,
-            }));
+            let fd = Arc::new(Mutex::new(FileData { live: bytes.clone(), durable: bytes, last_unsynced: None }));
             out.live.insert(path.clone(), fd.clone());
             out.durable.insert(path.clone(), fd);
         }
-        MemVfs {
-            state: Arc::new(Mutex::new(out)),
-        }
+        MemVfs { state: Arc::new(Mutex::new(out)) }
     }
 
     /// Paths of all live files.
@@ -129,10 +119,7 @@ impl MemVfs {
 
     /// The live contents of a file.
     pub fn contents(&self, path: &Path) -> Option<Vec<u8>> {
-        lock(&self.state)
-            .live
-            .get(path)
-            .map(|d| lock(d).live.clone())
+        lock(&self.state).live.get(path).map(|d| lock(d).live.clone())
     }
 
     /// Overwrites live bytes of a file in place (to simulate rot); the change is also durable.
@@ -155,10 +142,7 @@ impl MemVfs {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{} not found", path.display()),
-    )
+    io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
 }
 
 impl Vfs for MemVfs {
@@ -181,29 +165,17 @@ impl Vfs for MemVfs {
         }
         let data = Arc::new(Mutex::new(FileData::default()));
         st.live.insert(path.to_path_buf(), data.clone());
-        Ok(Arc::new(MemFile {
-            path: path.to_path_buf(),
-            data,
-            fs: self.state.clone(),
-        }))
+        Ok(Arc::new(MemFile { path: path.to_path_buf(), data, fs: self.state.clone() }))
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn VfsFile>> {
         let st = lock(&self.state);
         let data = st.live.get(path).cloned().ok_or_else(|| not_found(path))?;
-        Ok(Arc::new(MemFile {
-            path: path.to_path_buf(),
-            data,
-            fs: self.state.clone(),
-        }))
+        Ok(Arc::new(MemFile { path: path.to_path_buf(), data, fs: self.state.clone() }))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        lock(&self.state)
-            .live
-            .remove(path)
-            .map(|_| ())
-            .ok_or_else(|| not_found(path))
+        lock(&self.state).live.remove(path).map(|_| ()).ok_or_else(|| not_found(path))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -216,12 +188,7 @@ impl Vfs for MemVfs {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         let mut st = lock(&self.state);
         let in_dir = |p: &Path| p.parent() == Some(path);
-        let live: Vec<_> = st
-            .live
-            .iter()
-            .filter(|(p, _)| in_dir(p))
-            .map(|(p, d)| (p.clone(), d.clone()))
-            .collect();
+        let live: Vec<_> = st.live.iter().filter(|(p, _)| in_dir(p)).map(|(p, d)| (p.clone(), d.clone())).collect();
         st.durable.retain(|p, _| !in_dir(p));
         st.durable.extend(live);
         Ok(())
@@ -273,11 +240,7 @@ impl VfsFile for MemFile {
             d.last_unsynced = Some((offset, buf.to_vec()));
         }
         if let Some(j) = lock(&self.fs).journal.as_mut() {
-            j.push(WriteRecord {
-                path: self.path.clone(),
-                offset,
-                data: buf.to_vec(),
-            });
+            j.push(WriteRecord { path: self.path.clone(), offset, data: buf.to_vec() });
         }
         Ok(())
     }

@@ -38,11 +38,7 @@ impl Vfs for StdVfs {
         std::fs::create_dir_all(path)
     }
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn VfsFile>> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)?;
+        let f = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
         Ok(Arc::new(StdFile(f)))
     }
     fn open(&self, path: &Path) -> io::Result<Arc<dyn VfsFile>> {

@@ -1,4 +1,4 @@
-use aes_gcm::aead::AeadInPlace;
+use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -50,21 +50,13 @@ impl SegmentCipher {
     pub(crate) fn seal(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> Result<[u8; 16]> {
         let tag = self
             .0
-            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf)
+            .encrypt_inout_detached(&Nonce::from(*nonce), aad, buf.into())
             .map_err(|_| Error::Key("AES-GCM encryption failed".into()))?;
         Ok(tag.into())
     }
 
     /// Decrypts `buf` in place, checking `tag`. False when the tag does not match.
-    pub(crate) fn open(
-        &self,
-        nonce: &[u8; 12],
-        aad: &[u8],
-        buf: &mut [u8],
-        tag: &[u8; 16],
-    ) -> bool {
-        self.0
-            .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf, Tag::from_slice(tag))
-            .is_ok()
+    pub(crate) fn open(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8], tag: &[u8; 16]) -> bool {
+        self.0.decrypt_inout_detached(&Nonce::from(*nonce), aad, buf.into(), &Tag::from(*tag)).is_ok()
     }
 }

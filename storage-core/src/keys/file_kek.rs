@@ -25,37 +25,22 @@ impl FileKekProvider {
     /// Opens (creating if needed) the provider's directory.
     pub fn open(vfs: Arc<dyn Vfs>, dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        vfs.create_dir_all(&dir)
-            .map_err(|e| Error::io("create KEK directory", &dir, e))?;
-        Ok(FileKekProvider {
-            vfs,
-            dir,
-            lock: Mutex::new(()),
-        })
+        vfs.create_dir_all(&dir).map_err(|e| Error::io("create KEK directory", &dir, e))?;
+        Ok(FileKekProvider { vfs, dir, lock: Mutex::new(()) })
     }
 
     fn path(&self, id: KekId) -> PathBuf {
-        self.dir
-            .join(format!("{KEK_FILE_PREFIX}{:016x}{KEK_FILE_SUFFIX}", id.0))
+        self.dir.join(format!("{KEK_FILE_PREFIX}{:016x}{KEK_FILE_SUFFIX}", id.0))
     }
 
     fn load(&self, id: KekId) -> Result<SegmentCipher> {
         let path = self.path(id);
-        let file = self.vfs.open(&path).map_err(|_| {
-            Error::Key(format!(
-                "KEK {} is not held (destroyed or never created)",
-                id.0
-            ))
-        })?;
+        let file = self.vfs.open(&path).map_err(|_| Error::Key(format!("KEK {} is not held (destroyed or never created)", id.0)))?;
         let mut buf = [0u8; KEK_FILE_BYTES];
         read_exact_at(file.as_ref(), &mut buf, 0).map_err(|e| Error::io("read KEK", &path, e))?;
         let crc = u32::from_le_bytes([buf[40], buf[41], buf[42], buf[43]]);
         if &buf[..8] != KEK_MAGIC || crc32fast::hash(&buf[..40]) != crc {
-            return Err(Error::Corrupt {
-                path,
-                offset: Some(0),
-                detail: "KEK file fails its check".into(),
-            });
+            return Err(Error::Corrupt { path, offset: Some(0), detail: "KEK file fails its check".into() });
         }
         let mut raw = [0u8; 32];
         raw.copy_from_slice(&buf[8..40]);
@@ -67,18 +52,13 @@ impl FileKekProvider {
 }
 
 fn parse_name(name: &str) -> Option<KekId> {
-    let hex = name
-        .strip_prefix(KEK_FILE_PREFIX)?
-        .strip_suffix(KEK_FILE_SUFFIX)?;
+    let hex = name.strip_prefix(KEK_FILE_PREFIX)?.strip_suffix(KEK_FILE_SUFFIX)?;
     u64::from_str_radix(hex, 16).ok().map(KekId)
 }
 
 impl KekProvider for FileKekProvider {
     fn create_kek(&self) -> Result<KekId> {
-        let _g = self
-            .lock
-            .lock()
-            .map_err(|_| Error::Key("KEK provider lock poisoned".into()))?;
+        let _g = self.lock.lock().map_err(|_| Error::Key("KEK provider lock poisoned".into()))?;
         let next = self.list_keks()?.last().map_or(1, |k| k.0 + 1);
         let id = KekId(next);
         let path = self.path(id);
@@ -113,10 +93,7 @@ impl KekProvider for FileKekProvider {
 
     fn unwrap(&self, kek: KekId, wrapped: &[u8], aad: &[u8]) -> Result<DataKey> {
         if wrapped.len() != 60 {
-            return Err(Error::Key(format!(
-                "wrapped key has {} bytes, expected 60",
-                wrapped.len()
-            )));
+            return Err(Error::Key(format!("wrapped key has {} bytes, expected 60", wrapped.len())));
         }
         let cipher = self.load(kek)?;
         let mut nonce = [0u8; 12];
@@ -126,10 +103,7 @@ impl KekProvider for FileKekProvider {
         let mut raw = [0u8; 32];
         raw.copy_from_slice(&wrapped[12..44]);
         if !cipher.open(&nonce, aad, &mut raw, &tag) {
-            return Err(Error::Key(format!(
-                "data key does not unwrap under KEK {}",
-                kek.0
-            )));
+            return Err(Error::Key(format!("data key does not unwrap under KEK {}", kek.0)));
         }
         let key = DataKey::from_bytes(raw);
         zeroize::Zeroize::zeroize(&mut raw);
@@ -151,10 +125,7 @@ impl KekProvider for FileKekProvider {
     }
 
     fn list_keks(&self) -> Result<Vec<KekId>> {
-        let names = self
-            .vfs
-            .list_dir(&self.dir)
-            .map_err(|e| Error::io("list KEKs", &self.dir, e))?;
+        let names = self.vfs.list_dir(&self.dir).map_err(|e| Error::io("list KEKs", &self.dir, e))?;
         let mut ids: Vec<KekId> = names.iter().filter_map(|n| parse_name(n)).collect();
         ids.sort();
         Ok(ids)

@@ -47,11 +47,7 @@ pub struct KeyStore {
 
 impl std::fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyStore")
-            .field("path", &self.path)
-            .field("kek", &self.kek)
-            .field("records", &self.records)
-            .finish()
+        f.debug_struct("KeyStore").field("path", &self.path).field("kek", &self.kek).field("records", &self.records).finish()
     }
 }
 
@@ -60,11 +56,7 @@ fn file_name(generation: u64) -> String {
 }
 
 fn parse_generation(name: &str) -> Option<u64> {
-    u64::from_str_radix(
-        name.strip_prefix(FILE_PREFIX)?.strip_suffix(FILE_SUFFIX)?,
-        16,
-    )
-    .ok()
+    u64::from_str_radix(name.strip_prefix(FILE_PREFIX)?.strip_suffix(FILE_SUFFIX)?, 16).ok()
 }
 
 fn encode_header(generation: u64, kek: KekId, created_us: i64) -> [u8; HEADER_LEN] {
@@ -96,11 +88,7 @@ fn le_u32(b: &[u8], at: usize) -> u32 {
 /// Encodes one record; `wrapped` must fit [`WRAPPED_KEY_BYTES_MAX`].
 pub(crate) fn encode_record(segment: SegmentId, wrapped: &[u8]) -> Result<[u8; RECORD_LEN]> {
     if wrapped.len() > WRAPPED_KEY_BYTES_MAX {
-        return Err(Error::LimitExceeded {
-            what: "wrapped key bytes",
-            actual: wrapped.len() as u64,
-            max: WRAPPED_KEY_BYTES_MAX as u64,
-        });
+        return Err(Error::LimitExceeded { what: "wrapped key bytes", actual: wrapped.len() as u64, max: WRAPPED_KEY_BYTES_MAX as u64 });
     }
     let mut r = [0u8; RECORD_LEN];
     r[R_WRAPPED_LEN..R_WRAPPED_LEN + 4].copy_from_slice(&(wrapped.len() as u32).to_le_bytes());
@@ -120,27 +108,16 @@ pub(crate) fn decode_record(r: &[u8]) -> Option<(SegmentId, &[u8])> {
     if len > WRAPPED_KEY_BYTES_MAX {
         return None;
     }
-    Some((
-        SegmentId(le_u64(r, R_SEGMENT)),
-        &r[R_WRAPPED..R_WRAPPED + len],
-    ))
+    Some((SegmentId(le_u64(r, R_SEGMENT)), &r[R_WRAPPED..R_WRAPPED + len]))
 }
 
 impl KeyStore {
     /// Opens the newest key store generation in `dir`, or creates generation 1 under a new KEK.
     /// A torn last record (a crash during the append that never completed its fsync, so no
     /// segment uses it) is cut off.
-    pub fn open(
-        vfs: Arc<dyn Vfs>,
-        dir: &Path,
-        provider: Arc<dyn KekProvider>,
-        now_us: i64,
-    ) -> Result<Self> {
-        vfs.create_dir_all(dir)
-            .map_err(|e| Error::io("create key store directory", dir, e))?;
-        let names = vfs
-            .list_dir(dir)
-            .map_err(|e| Error::io("list key store", dir, e))?;
+    pub fn open(vfs: Arc<dyn Vfs>, dir: &Path, provider: Arc<dyn KekProvider>, now_us: i64) -> Result<Self> {
+        vfs.create_dir_all(dir).map_err(|e| Error::io("create key store directory", dir, e))?;
+        let names = vfs.list_dir(dir).map_err(|e| Error::io("list key store", dir, e))?;
         let newest = names.iter().filter_map(|n| parse_generation(n)).max();
         let Some(generation) = newest else {
             let kek = provider.create_kek()?;
@@ -155,35 +132,17 @@ impl KeyStore {
                 Ok(f)
             })()
             .map_err(|e| Error::io("create key store", &path, e))?;
-            return Ok(KeyStore {
-                dir: dir.to_path_buf(),
-                path,
-                file,
-                kek,
-                provider,
-                records: 0,
-                last_segment: None,
-                poisoned: None,
-            });
+            return Ok(KeyStore { dir: dir.to_path_buf(), path, file, kek, provider, records: 0, last_segment: None, poisoned: None });
         };
         let path = dir.join(file_name(generation));
-        let file = vfs
-            .open(&path)
-            .map_err(|e| Error::io("open key store", &path, e))?;
+        let file = vfs.open(&path).map_err(|e| Error::io("open key store", &path, e))?;
         let mut h = [0u8; HEADER_LEN];
-        read_exact_at(file.as_ref(), &mut h, 0)
-            .map_err(|e| Error::io("read key store header", &path, e))?;
+        read_exact_at(file.as_ref(), &mut h, 0).map_err(|e| Error::io("read key store header", &path, e))?;
         if &h[..8] != MAGIC || crc32fast::hash(&h[..H_CRC]) != le_u32(&h, H_CRC) {
-            return Err(Error::Corrupt {
-                path,
-                offset: Some(0),
-                detail: "key store header fails its check".into(),
-            });
+            return Err(Error::Corrupt { path, offset: Some(0), detail: "key store header fails its check".into() });
         }
         let kek = KekId(le_u64(&h, H_KEK_ID));
-        let len = file
-            .len()
-            .map_err(|e| Error::io("stat key store", &path, e))?;
+        let len = file.len().map_err(|e| Error::io("stat key store", &path, e))?;
         let mut records = (len.saturating_sub(HEADER_LEN as u64)) / RECORD_LEN as u64;
         let mut last_segment = None;
         let mut rec = [0u8; RECORD_LEN];
@@ -195,38 +154,22 @@ impl KeyStore {
                 break;
             }
             let off = HEADER_LEN as u64 + (records - 1) * RECORD_LEN as u64;
-            read_exact_at(file.as_ref(), &mut rec, off)
-                .map_err(|e| Error::io("read key store", &path, e))?;
+            read_exact_at(file.as_ref(), &mut rec, off).map_err(|e| Error::io("read key store", &path, e))?;
             if let Some((seg, _)) = decode_record(&rec) {
                 last_segment = Some(seg);
                 break;
             }
             if attempt == 1 {
-                return Err(Error::Corrupt {
-                    path,
-                    offset: Some(off),
-                    detail: "key store record fails its CRC".into(),
-                });
+                return Err(Error::Corrupt { path, offset: Some(off), detail: "key store record fails its CRC".into() });
             }
             tracing::warn!(path = %path.display(), record = records - 1, "cutting torn key store record");
             records -= 1;
         }
         let store_len = HEADER_LEN as u64 + records * RECORD_LEN as u64;
         if store_len != len {
-            file.set_len(store_len)
-                .and_then(|_| file.sync_data())
-                .map_err(|e| Error::io("truncate key store", &path, e))?;
+            file.set_len(store_len).and_then(|_| file.sync_data()).map_err(|e| Error::io("truncate key store", &path, e))?;
         }
-        Ok(KeyStore {
-            dir: dir.to_path_buf(),
-            path,
-            file,
-            kek,
-            provider,
-            records,
-            last_segment,
-            poisoned: None,
-        })
+        Ok(KeyStore { dir: dir.to_path_buf(), path, file, kek, provider, records, last_segment, poisoned: None })
     }
 
     /// The highest segment id with a key, if any.
@@ -255,17 +198,12 @@ impl KeyStore {
             return Err(Error::Poisoned(p.clone()));
         }
         if self.last_segment.is_some_and(|l| l >= segment) {
-            return Err(Error::InvalidArgument(format!(
-                "segment id {} does not ascend",
-                segment.0
-            )));
+            return Err(Error::InvalidArgument(format!("segment id {} does not ascend", segment.0)));
         }
         let wrapped = self.provider.wrap(self.kek, key, &wrap_aad(segment))?;
         let rec = encode_record(segment, &wrapped)?;
         let off = HEADER_LEN as u64 + self.records * RECORD_LEN as u64;
-        self.file
-            .write_at(&rec, off)
-            .map_err(|e| Error::io("append key store", &self.path, e))?;
+        self.file.write_at(&rec, off).map_err(|e| Error::io("append key store", &self.path, e))?;
         if let Err(e) = self.file.sync_data() {
             // fsyncgate: a failed fsync may have dropped the page; never retry and trust it.
             self.poisoned = Some(format!("fsync of {} failed: {e}", self.path.display()));
@@ -283,31 +221,76 @@ impl KeyStore {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let off = HEADER_LEN as u64 + mid * RECORD_LEN as u64;
-            read_exact_at(self.file.as_ref(), &mut rec, off)
-                .map_err(|e| Error::io("read key store", &self.path, e))?;
+            read_exact_at(self.file.as_ref(), &mut rec, off).map_err(|e| Error::io("read key store", &self.path, e))?;
             let Some((seg, wrapped)) = decode_record(&rec) else {
-                return Err(Error::Corrupt {
-                    path: self.path.clone(),
-                    offset: Some(off),
-                    detail: "key store record fails its CRC".into(),
-                });
+                return Err(Error::Corrupt { path: self.path.clone(), offset: Some(off), detail: "key store record fails its CRC".into() });
             };
             match seg.cmp(&segment) {
-                std::cmp::Ordering::Equal => {
-                    return self.provider.unwrap(self.kek, wrapped, &wrap_aad(segment))
-                }
+                std::cmp::Ordering::Equal => return self.provider.unwrap(self.kek, wrapped, &wrap_aad(segment)),
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
             }
         }
-        Err(Error::NotFound(format!(
-            "no data key for segment {}",
-            segment.0
-        )))
+        Err(Error::NotFound(format!("no data key for segment {}", segment.0)))
     }
 
     /// The directory holding the key store.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{CrashMode, MemVfs};
+    use crate::keys::FileKekProvider;
+
+    fn open(vfs: &MemVfs) -> KeyStore {
+        let v: Arc<dyn Vfs> = Arc::new(vfs.clone());
+        let kek = Arc::new(FileKekProvider::open(v.clone(), "/kek").expect("kek"));
+        KeyStore::open(v, Path::new("/keys"), kek, 0).expect("open")
+    }
+
+    #[test]
+    fn keys_round_trip_and_a_torn_last_record_is_cut() {
+        let vfs = MemVfs::new();
+        let mut ks = open(&vfs);
+        let keys: Vec<DataKey> = (0..5).map(|_| DataKey::generate().expect("key")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            ks.put(SegmentId(10 + i as u64 * 3), k).expect("put");
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(ks.get(SegmentId(10 + i as u64 * 3)).expect("get").expose(), k.expose());
+        }
+        assert!(matches!(ks.get(SegmentId(11)), Err(Error::NotFound(_))));
+        assert!(ks.put(SegmentId(5), &keys[0]).is_err(), "ids must ascend");
+        // Tear an unsynced append: the store reopens without it.
+        let path = Path::new("/keys").join(file_name(1));
+        let f = vfs.open(&path).expect("file");
+        let len = f.len().expect("len");
+        f.write_at(&[0xAB; RECORD_LEN], len).expect("write");
+        let crashed = vfs.crash(CrashMode::TearLastWrite);
+        let ks = open(&crashed);
+        assert_eq!(ks.len(), 5);
+        assert_eq!(ks.last_segment(), Some(SegmentId(22)));
+        assert_eq!(ks.get(SegmentId(22)).expect("get").expose(), keys[4].expose());
+    }
+
+    #[test]
+    fn a_wrapped_key_does_not_unwrap_for_another_segment() {
+        let vfs = MemVfs::new();
+        let mut ks = open(&vfs);
+        ks.put(SegmentId(1), &DataKey::generate().expect("key")).expect("put");
+        ks.put(SegmentId(2), &DataKey::generate().expect("key")).expect("put");
+        // Copy record 1's wrapped key into record 2's slot (with a valid CRC).
+        let path = Path::new("/keys").join(file_name(1));
+        let f = vfs.open(&path).expect("file");
+        let mut r1 = [0u8; RECORD_LEN];
+        read_exact_at(f.as_ref(), &mut r1, HEADER_LEN as u64).expect("read");
+        let (_, wrapped) = decode_record(&r1).expect("record");
+        let forged = encode_record(SegmentId(2), wrapped).expect("encode");
+        f.write_at(&forged, (HEADER_LEN + RECORD_LEN) as u64).expect("write");
+        assert!(matches!(ks.get(SegmentId(2)), Err(Error::Key(_))));
     }
 }

@@ -52,8 +52,7 @@ const _: () = assert!(R_PTS + 8 == RECORD_HEADER_LEN);
 pub(crate) const FOOTER_FIXED_LEN: usize = 32;
 pub(crate) const FOOTER_ENTRY_LEN: usize = 24;
 /// Largest footer body.
-pub(crate) const FOOTER_BYTES_MAX: usize =
-    FOOTER_FIXED_LEN + FOOTER_ENTRY_LEN * KEYFRAMES_PER_SEGMENT_MAX;
+pub(crate) const FOOTER_BYTES_MAX: usize = FOOTER_FIXED_LEN + FOOTER_ENTRY_LEN * KEYFRAMES_PER_SEGMENT_MAX;
 const _: () = assert!(FOOTER_BYTES_MAX <= RECORD_BODY_BYTES_MAX);
 
 pub(crate) const FLAG_KEY: u8 = 1;
@@ -169,9 +168,7 @@ impl RecordHeader {
             RecordKind::CodecConfig => CODEC_CONFIG_BYTES_MAX + TAG_LEN,
             RecordKind::Video => RECORD_BODY_BYTES_MAX,
         };
-        if h.body_len as usize > max
-            || (h.kind != RecordKind::Footer && (h.body_len as usize) < TAG_LEN)
-        {
+        if h.body_len as usize > max || (h.kind != RecordKind::Footer && (h.body_len as usize) < TAG_LEN) {
             return None;
         }
         if h.flags & !(FLAG_KEY | FLAG_PTS) != 0 || h.ordinal >= RECORDS_PER_SEGMENT_MAX {
@@ -251,13 +248,8 @@ impl SegmentHeader {
         if cam_len == 0 || cam_len > CAMERA_ID_BYTES_MAX {
             return Err("segment header camera id length out of range".into());
         }
-        let camera = std::str::from_utf8(&h[H_CAMERA..H_CAMERA + cam_len])
-            .map_err(|_| "camera id is not UTF-8".to_string())?;
-        Ok(SegmentHeader {
-            segment: SegmentId(le_u64(h, H_SEGMENT_ID)),
-            created_us: le_i64(h, H_CREATED),
-            camera: camera.to_string(),
-        })
+        let camera = std::str::from_utf8(&h[H_CAMERA..H_CAMERA + cam_len]).map_err(|_| "camera id is not UTF-8".to_string())?;
+        Ok(SegmentHeader { segment: SegmentId(le_u64(h, H_SEGMENT_ID)), created_us: le_i64(h, H_CREATED), camera: camera.to_string() })
     }
 }
 
@@ -307,11 +299,7 @@ impl Footer {
         let mut keyframes = Vec::with_capacity(n);
         for i in 0..n {
             let at = FOOTER_FIXED_LEN + i * FOOTER_ENTRY_LEN;
-            keyframes.push(KeyframeEntry {
-                ts_us: le_i64(b, at),
-                offset: le_u64(b, at + 8),
-                config_offset: le_u64(b, at + 16),
-            });
+            keyframes.push(KeyframeEntry { ts_us: le_i64(b, at), offset: le_u64(b, at + 8), config_offset: le_u64(b, at + 16) });
         }
         Ok(Footer {
             frame_count: le_u32(b, 4),
@@ -343,19 +331,15 @@ pub(crate) fn le_i64(b: &[u8], at: usize) -> i64 {
 /// directory).
 pub(crate) fn check_camera_id(camera: &str) -> Result<()> {
     if camera.len() > CAMERA_ID_BYTES_MAX {
-        return Err(Error::LimitExceeded {
-            what: "camera id bytes",
-            actual: camera.len() as u64,
-            max: CAMERA_ID_BYTES_MAX as u64,
-        });
+        return Err(Error::LimitExceeded { what: "camera id bytes", actual: camera.len() as u64, max: CAMERA_ID_BYTES_MAX as u64 });
     }
     let ok = !camera.is_empty()
         && !camera.starts_with('.')
-        && camera
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+        && camera.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
     if !ok {
-        return Err(Error::InvalidArgument(format!("camera id {camera:?} must be 1-64 characters of A-Z a-z 0-9 . _ - and not start with a dot")));
+        return Err(Error::InvalidArgument(format!(
+            "camera id {camera:?} must be 1-64 characters of A-Z a-z 0-9 . _ - and not start with a dot"
+        )));
     }
     Ok(())
 }
@@ -379,4 +363,103 @@ pub(crate) fn footer_record(ordinal: u32, codec: Codec, footer: &Footer) -> Vec<
     rec.extend_from_slice(&body);
     finish_record(&mut rec);
     rec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worked example of DESIGN.md "Record": a key frame, ordinal 3, ts 1 s, pts 90000,
+    /// H.265, 4-byte payload (20-byte body with the tag).
+    #[test]
+    fn record_header_matches_the_design_example() {
+        let h = RecordHeader {
+            crc: 0,
+            body_len: 20,
+            kind: RecordKind::Video,
+            flags: FLAG_KEY | FLAG_PTS,
+            codec: Codec::H265,
+            ordinal: 3,
+            ts_us: 1_000_000,
+            pts_90k: 90_000,
+        };
+        let mut b = [0xffu8; RECORD_HEADER_LEN];
+        h.encode(&mut b);
+        let expected: [u8; RECORD_HEADER_LEN] = [
+            0, 0, 0, 0, // crc (filled by finish_record)
+            20, 0, 0, 0, // body_len
+            1, 3, 2, 0, // kind=video, flags=key|pts, codec=H.265, reserved
+            3, 0, 0, 0, // ordinal
+            0x40, 0x42, 0x0f, 0, 0, 0, 0, 0, // ts_us = 1_000_000
+            0x90, 0x5f, 0x01, 0, 0, 0, 0, 0, // pts_90k = 90_000
+        ];
+        assert_eq!(b, expected);
+        assert_eq!(RecordHeader::decode(&b), Some(h));
+        assert_eq!(nonce(3), [3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn decode_refuses_what_cannot_be_a_record() {
+        let h =
+            RecordHeader { crc: 0, body_len: 20, kind: RecordKind::Video, flags: 0, codec: Codec::H264, ordinal: 0, ts_us: 0, pts_90k: 0 };
+        let mut b = [0u8; RECORD_HEADER_LEN];
+        h.encode(&mut b);
+        let mut bad_kind = b;
+        bad_kind[8] = 9;
+        let mut bad_codec = b;
+        bad_codec[10] = 7;
+        let mut bad_flags = b;
+        bad_flags[9] = 0x80;
+        let mut too_long = b;
+        too_long[4..8].copy_from_slice(&(RECORD_BODY_BYTES_MAX as u32 + 1).to_le_bytes());
+        let mut no_tag = b;
+        no_tag[4..8].copy_from_slice(&15u32.to_le_bytes());
+        for (what, x) in [("kind", bad_kind), ("codec", bad_codec), ("flags", bad_flags), ("length", too_long), ("tag", no_tag)] {
+            assert_eq!(RecordHeader::decode(&x), None, "{what}");
+        }
+    }
+
+    #[test]
+    fn segment_header_round_trips_and_checks_its_crc() {
+        let h = SegmentHeader { segment: SegmentId(0x0102), created_us: 5, camera: "cam-1".into() };
+        let mut b = h.encode();
+        assert_eq!(&b[..8], b"CAMVSEG1");
+        assert_eq!(&b[8..12], &[1, 0, 128, 0]);
+        assert_eq!(&b[16..24], &[2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(b[32], 5);
+        assert_eq!(&b[40..45], b"cam-1");
+        assert_eq!(SegmentHeader::decode(&b), Ok(h));
+        b[41] ^= 1;
+        assert!(SegmentHeader::decode(&b).is_err());
+    }
+
+    #[test]
+    fn footer_round_trips() {
+        let f = Footer {
+            frame_count: 3,
+            payload_bytes: 99,
+            first_ts_us: -5,
+            last_ts_us: 7,
+            keyframes: vec![
+                KeyframeEntry { ts_us: -5, offset: 160, config_offset: 128 },
+                KeyframeEntry { ts_us: 7, offset: 900, config_offset: 128 },
+            ],
+        };
+        let rec = footer_record(4, Codec::H264, &f);
+        let h = RecordHeader::decode(&rec).expect("header");
+        assert_eq!(h.kind, RecordKind::Footer);
+        assert!(record_crc_ok(&h, &rec[..RECORD_HEADER_LEN], &rec[RECORD_HEADER_LEN..]));
+        assert_eq!(Footer::decode(&rec[RECORD_HEADER_LEN..]), Ok(f));
+        assert!(Footer::decode(&rec[RECORD_HEADER_LEN..rec.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn camera_ids() {
+        for ok in ["cam-1", "A.b_c-9", &"x".repeat(64)] {
+            assert!(check_camera_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(65)] {
+            assert!(check_camera_id(bad).is_err(), "{bad}");
+        }
+    }
 }

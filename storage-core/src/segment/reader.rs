@@ -7,9 +7,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::io::{read_exact_at, read_up_to, VfsFile};
-use crate::segment::format::{
-    record_crc_ok, Footer, RecordHeader, RecordKind, FOOTER_BYTES_MAX, RECORD_HEADER_LEN,
-};
+use crate::segment::format::{record_crc_ok, Footer, RecordHeader, RecordKind, FOOTER_BYTES_MAX, RECORD_HEADER_LEN};
 
 /// Bytes fetched per read while scanning. 1 MiB amortises syscalls and matches the measured
 /// sweet spot for sequential reads; frames larger than this are read whole.
@@ -42,12 +40,7 @@ pub(crate) struct RecordCursor {
 
 impl RecordCursor {
     pub(crate) fn new(file: Arc<dyn VfsFile>, pos: u64, end: u64) -> Self {
-        RecordCursor {
-            file,
-            pos,
-            end,
-            window: BytesMut::new(),
-        }
+        RecordCursor { file, pos, end, window: BytesMut::new() }
     }
 
     /// Current offset (start of the next record).
@@ -66,11 +59,7 @@ impl RecordCursor {
         let have = self.window.len();
         let want = n.max(READ_CHUNK_BYTES).min((self.end - self.pos) as usize);
         self.window.resize(want, 0);
-        let got = read_up_to(
-            self.file.as_ref(),
-            &mut self.window[have..],
-            self.pos + have as u64,
-        )?;
+        let got = read_up_to(self.file.as_ref(), &mut self.window[have..], self.pos + have as u64)?;
         self.window.truncate(have + got);
         Ok(self.window.len() >= n)
     }
@@ -81,55 +70,30 @@ impl RecordCursor {
             return Ok(Err(Stop::End));
         }
         if !self.fill(RECORD_HEADER_LEN)? {
-            return Ok(Err(Stop::Bad {
-                offset: self.pos,
-                detail: "record header runs past the end".into(),
-            }));
+            return Ok(Err(Stop::Bad { offset: self.pos, detail: "record header runs past the end".into() }));
         }
         let Some(header) = RecordHeader::decode(&self.window[..RECORD_HEADER_LEN]) else {
-            return Ok(Err(Stop::Bad {
-                offset: self.pos,
-                detail: "record header is invalid".into(),
-            }));
+            return Ok(Err(Stop::Bad { offset: self.pos, detail: "record header is invalid".into() }));
         };
         let total = header.record_len() as usize;
         if !self.fill(total)? {
-            return Ok(Err(Stop::Bad {
-                offset: self.pos,
-                detail: "record body runs past the end".into(),
-            }));
+            return Ok(Err(Stop::Bad { offset: self.pos, detail: "record body runs past the end".into() }));
         }
         let mut header_bytes = [0u8; RECORD_HEADER_LEN];
         header_bytes.copy_from_slice(&self.window[..RECORD_HEADER_LEN]);
-        if !record_crc_ok(
-            &header,
-            &header_bytes,
-            &self.window[RECORD_HEADER_LEN..total],
-        ) {
-            return Ok(Err(Stop::Bad {
-                offset: self.pos,
-                detail: "record CRC mismatch".into(),
-            }));
+        if !record_crc_ok(&header, &header_bytes, &self.window[RECORD_HEADER_LEN..total]) {
+            return Ok(Err(Stop::Bad { offset: self.pos, detail: "record CRC mismatch".into() }));
         }
         let mut rec = self.window.split_to(total);
         let body = rec.split_off(RECORD_HEADER_LEN);
         let offset = self.pos;
         self.pos += total as u64;
-        Ok(Ok(RawRecord {
-            header,
-            header_bytes,
-            offset,
-            body,
-        }))
+        Ok(Ok(RawRecord { header, header_bytes, offset, body }))
     }
 }
 
 /// Reads and checks the footer record at `offset`.
-pub(crate) fn read_footer(
-    file: &dyn VfsFile,
-    offset: u64,
-    file_len: u64,
-) -> io::Result<Result<Footer, String>> {
+pub(crate) fn read_footer(file: &dyn VfsFile, offset: u64, file_len: u64) -> io::Result<Result<Footer, String>> {
     let mut hb = [0u8; RECORD_HEADER_LEN];
     if offset + RECORD_HEADER_LEN as u64 > file_len {
         return Ok(Err("footer offset past the end of the file".into()));
@@ -138,10 +102,7 @@ pub(crate) fn read_footer(
     let Some(h) = RecordHeader::decode(&hb) else {
         return Ok(Err("footer header is invalid".into()));
     };
-    if h.kind != RecordKind::Footer
-        || h.body_len as usize > FOOTER_BYTES_MAX
-        || offset + h.record_len() != file_len
-    {
+    if h.kind != RecordKind::Footer || h.body_len as usize > FOOTER_BYTES_MAX || offset + h.record_len() != file_len {
         return Ok(Err("footer record has the wrong kind or length".into()));
     }
     let mut body = vec![0u8; h.body_len as usize];

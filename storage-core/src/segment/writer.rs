@@ -7,9 +7,8 @@ use std::sync::{Arc, Mutex};
 use crate::io::{Vfs, VfsFile};
 use crate::keys::{DataKey, SegmentCipher};
 use crate::segment::format::{
-    aad, finish_record, nonce, Codec, Footer, KeyframeEntry, RecordHeader, RecordKind,
-    SegmentHeader, FLAG_KEY, FLAG_PTS, HEADER_LEN, KEYFRAMES_PER_SEGMENT_MAX,
-    RECORDS_PER_SEGMENT_MAX, RECORD_HEADER_LEN, TAG_LEN,
+    aad, finish_record, nonce, Codec, Footer, KeyframeEntry, RecordHeader, RecordKind, SegmentHeader, FLAG_KEY, FLAG_PTS, HEADER_LEN,
+    KEYFRAMES_PER_SEGMENT_MAX, RECORDS_PER_SEGMENT_MAX, RECORD_HEADER_LEN, TAG_LEN,
 };
 use crate::segment::format::{le_i64, le_u32, le_u64};
 use crate::{Error, Result, SegmentId};
@@ -18,6 +17,10 @@ use crate::{Error, Result, SegmentId};
 /// 4 Mbit/s stream's ~20 KB frames into one write every ~0.5 s (the measured many-file pattern
 /// runs at 256 KiB-1 MiB writes) while keeping 1,000 streams under 256 MiB of buffers.
 pub const WRITE_BATCH_BYTES: usize = 256 << 10;
+
+/// Buffer capacity a stream keeps between writes. 4 MiB holds a 4K I-frame without
+/// reallocating every GOP; a larger frame's buffer is released after it is written.
+pub const BUFFER_KEEP_BYTES_MAX: usize = 4 << 20;
 
 /// Sidecar key-frame index entry (DESIGN.md "Key-frame sidecar").
 pub(crate) const KFI_ENTRY_LEN: usize = 48;
@@ -51,18 +54,8 @@ impl KfiEntry {
         if b.len() != KFI_ENTRY_LEN || crc32fast::hash(&b[4..]) != le_u32(b, 0) {
             return None;
         }
-        let key = KeyframeEntry {
-            ts_us: le_i64(b, 8),
-            offset: le_u64(b, 16),
-            config_offset: le_u64(b, 24),
-        };
-        Some(KfiEntry {
-            ordinal: le_u32(b, 4),
-            frames_before: le_u32(b, 32),
-            payload_bytes_before: le_u64(b, 40),
-            key,
-            end: 0,
-        })
+        let key = KeyframeEntry { ts_us: le_i64(b, 8), offset: le_u64(b, 16), config_offset: le_u64(b, 24) };
+        Some(KfiEntry { ordinal: le_u32(b, 4), frames_before: le_u32(b, 32), payload_bytes_before: le_u64(b, 40), key, end: 0 })
     }
 }
 
@@ -114,10 +107,7 @@ pub(crate) struct SegmentWriter {
     pub view: OpenView,
 }
 
-fn io_err<'a>(
-    op: &'static str,
-    path: &'a std::path::Path,
-) -> impl Fn(std::io::Error) -> Error + 'a {
+fn io_err<'a>(op: &'static str, path: &'a std::path::Path) -> impl Fn(std::io::Error) -> Error + 'a {
     move |e| Error::io(op, path, e)
 }
 
@@ -125,25 +115,14 @@ impl SegmentWriter {
     /// Creates the segment file and its sidecar. Order: create file, write header, fsync file,
     /// fsync directory (DESIGN.md "Lifecycle: create"). The caller has already made the data
     /// key and the catalog's Open record durable.
-    pub(crate) fn create(
-        vfs: &Arc<dyn Vfs>,
-        dir: &std::path::Path,
-        header: &SegmentHeader,
-        key: &DataKey,
-    ) -> Result<SegmentWriter> {
+    pub(crate) fn create(vfs: &Arc<dyn Vfs>, dir: &std::path::Path, header: &SegmentHeader, key: &DataKey) -> Result<SegmentWriter> {
         let path = dir.join(segment_file_name(header.segment));
         let kfi_path = dir.join(kfi_file_name(header.segment));
-        let file = vfs
-            .create_new(&path)
-            .map_err(io_err("create segment", &path))?;
-        file.write_at(&header.encode(), 0)
-            .map_err(io_err("write segment header", &path))?;
+        let file = vfs.create_new(&path).map_err(io_err("create segment", &path))?;
+        file.write_at(&header.encode(), 0).map_err(io_err("write segment header", &path))?;
         file.sync_data().map_err(io_err("fsync segment", &path))?;
-        let kfi = vfs
-            .create_new(&kfi_path)
-            .map_err(io_err("create key-frame sidecar", &kfi_path))?;
-        vfs.sync_dir(dir)
-            .map_err(io_err("fsync segment directory", dir))?;
+        let kfi = vfs.create_new(&kfi_path).map_err(io_err("create key-frame sidecar", &kfi_path))?;
+        vfs.sync_dir(dir).map_err(io_err("fsync segment directory", dir))?;
         Ok(SegmentWriter {
             id: header.segment,
             path,
@@ -164,10 +143,7 @@ impl SegmentWriter {
             pending_kfi: Vec::new(),
             keyframe_count: 0,
             last_ts_at: Vec::new(),
-            view: Arc::new(Mutex::new(OpenViewState {
-                durable_len: HEADER_LEN as u64,
-                ..Default::default()
-            })),
+            view: Arc::new(Mutex::new(OpenViewState { durable_len: HEADER_LEN as u64, ..Default::default() })),
         })
     }
 
@@ -179,35 +155,17 @@ impl SegmentWriter {
     /// Records still allowed before the nonce space or the footer index fills.
     pub(crate) fn is_full(&self) -> bool {
         // Keep one ordinal for the footer.
-        self.next_ordinal + 2 >= RECORDS_PER_SEGMENT_MAX
-            || self.keyframe_count >= KEYFRAMES_PER_SEGMENT_MAX
+        self.next_ordinal + 2 >= RECORDS_PER_SEGMENT_MAX || self.keyframe_count >= KEYFRAMES_PER_SEGMENT_MAX
     }
 
     /// Encrypts and buffers one record; returns its offset.
-    fn push(
-        &mut self,
-        kind: RecordKind,
-        flags: u8,
-        codec: Codec,
-        ts_us: i64,
-        pts_90k: i64,
-        payload: &[u8],
-    ) -> Result<u64> {
+    fn push(&mut self, kind: RecordKind, flags: u8, codec: Codec, ts_us: i64, pts_90k: i64, payload: &[u8]) -> Result<u64> {
         debug_assert!(!self.is_full() || kind == RecordKind::Footer);
         let offset = self.len();
         let ordinal = self.next_ordinal;
         let encrypted = kind != RecordKind::Footer;
         let body_len = payload.len() + if encrypted { TAG_LEN } else { 0 };
-        let h = RecordHeader {
-            crc: 0,
-            body_len: body_len as u32,
-            kind,
-            flags,
-            codec,
-            ordinal,
-            ts_us,
-            pts_90k,
-        };
+        let h = RecordHeader { crc: 0, body_len: body_len as u32, kind, flags, codec, ordinal, ts_us, pts_90k };
         let start = self.buf.len();
         self.buf.resize(start + RECORD_HEADER_LEN, 0);
         h.encode(&mut self.buf[start..]);
@@ -216,9 +174,7 @@ impl SegmentWriter {
             let mut hb = [0u8; RECORD_HEADER_LEN];
             hb.copy_from_slice(&self.buf[start..start + RECORD_HEADER_LEN]);
             let body = start + RECORD_HEADER_LEN;
-            let tag =
-                self.cipher
-                    .seal(&nonce(ordinal), &aad(self.id, &hb), &mut self.buf[body..])?;
+            let tag = self.cipher.seal(&nonce(ordinal), &aad(self.id, &hb), &mut self.buf[body..])?;
             self.buf.extend_from_slice(&tag);
         }
         finish_record(&mut self.buf[start..]);
@@ -238,37 +194,14 @@ impl SegmentWriter {
     }
 
     /// Buffers one frame.
-    pub(crate) fn push_frame(
-        &mut self,
-        ts_us: i64,
-        pts_90k: Option<i64>,
-        key: bool,
-        payload: &[u8],
-    ) -> Result<()> {
+    pub(crate) fn push_frame(&mut self, ts_us: i64, pts_90k: Option<i64>, key: bool, payload: &[u8]) -> Result<()> {
         let flags = if key { FLAG_KEY } else { 0 } | if pts_90k.is_some() { FLAG_PTS } else { 0 };
         let ordinal = self.next_ordinal;
-        let offset = self.push(
-            RecordKind::Video,
-            flags,
-            self.codec,
-            ts_us,
-            pts_90k.unwrap_or(0),
-            payload,
-        )?;
+        let offset = self.push(RecordKind::Video, flags, self.codec, ts_us, pts_90k.unwrap_or(0), payload)?;
         let end = self.len();
         if key {
-            let k = KeyframeEntry {
-                ts_us,
-                offset,
-                config_offset: self.config_offset,
-            };
-            self.pending_kfi.push(KfiEntry {
-                ordinal,
-                frames_before: self.frames,
-                payload_bytes_before: self.payload_bytes,
-                key: k,
-                end,
-            });
+            let k = KeyframeEntry { ts_us, offset, config_offset: self.config_offset };
+            self.pending_kfi.push(KfiEntry { ordinal, frames_before: self.frames, payload_bytes_before: self.payload_bytes, key: k, end });
             self.keyframe_count += 1;
         }
         self.last_ts_at.push((end, ts_us));
@@ -289,13 +222,12 @@ impl SegmentWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_at(&self.buf, self.written_len)
-            .map_err(io_err("write segment", &self.path))?;
+        self.file.write_at(&self.buf, self.written_len).map_err(io_err("write segment", &self.path))?;
         self.written_len += self.buf.len() as u64;
         self.buf.clear();
-        // A 16 MiB frame must not pin 16 MiB per stream for ever.
-        if self.buf.capacity() > 2 * WRITE_BATCH_BYTES {
+        // A 16 MiB frame must not pin 16 MiB per stream for ever; below 4 MiB keep the capacity,
+        // since reallocating (and faulting in fresh pages) each GOP costs more than the copy.
+        if self.buf.capacity() > BUFFER_KEEP_BYTES_MAX {
             self.buf.shrink_to(WRITE_BATCH_BYTES);
         }
         Ok(())
@@ -304,19 +236,8 @@ impl SegmentWriter {
     /// Writes the buffer out and returns what an fsync outside the lock must cover.
     pub(crate) fn prepare_sync(&mut self) -> Result<SyncTicket> {
         self.write_out()?;
-        let last_ts = self
-            .last_ts_at
-            .iter()
-            .rev()
-            .find(|(end, _)| *end <= self.written_len)
-            .map(|&(_, ts)| ts);
-        Ok(SyncTicket {
-            segment: self.id,
-            file: self.file.clone(),
-            path: self.path.clone(),
-            len: self.written_len,
-            last_ts,
-        })
+        let last_ts = self.last_ts_at.iter().rev().find(|(end, _)| *end <= self.written_len).map(|&(_, ts)| ts);
+        Ok(SyncTicket { segment: self.id, file: self.file.clone(), path: self.path.clone(), len: self.written_len, last_ts })
     }
 
     /// After the ticket's fsync succeeded: publish the durable length to readers and record the
@@ -327,11 +248,7 @@ impl SegmentWriter {
             return;
         }
         let durable: Vec<KfiEntry> = {
-            let n = self
-                .pending_kfi
-                .iter()
-                .take_while(|k| k.end <= t.len)
-                .count();
+            let n = self.pending_kfi.iter().take_while(|k| k.end <= t.len).count();
             self.pending_kfi.drain(..n).collect()
         };
         if !durable.is_empty() {
@@ -362,11 +279,7 @@ impl SegmentWriter {
     /// Seals: writes the footer and fsyncs. Returns the footer offset, the file length and the
     /// footer. The caller then records the seal in the catalog and removes the sidecar.
     pub(crate) fn seal(&mut self) -> Result<(u64, u64, Footer)> {
-        let mut keyframes: Vec<KeyframeEntry> = self
-            .view
-            .lock()
-            .map(|v| v.keyframes.clone())
-            .unwrap_or_default();
+        let mut keyframes: Vec<KeyframeEntry> = self.view.lock().map(|v| v.keyframes.clone()).unwrap_or_default();
         keyframes.extend(self.pending_kfi.iter().map(|k| k.key));
         let footer = Footer {
             frame_count: self.frames,
@@ -378,18 +291,9 @@ impl SegmentWriter {
         let mut body = Vec::with_capacity(32 + 24 * footer.keyframes.len());
         footer.encode(&mut body);
         let footer_offset = self.len();
-        self.push(
-            RecordKind::Footer,
-            0,
-            self.codec,
-            footer.last_ts_us,
-            0,
-            &body,
-        )?;
+        self.push(RecordKind::Footer, 0, self.codec, footer.last_ts_us, 0, &body)?;
         self.write_out()?;
-        self.file
-            .sync_data()
-            .map_err(io_err("fsync segment at seal", &self.path))?;
+        self.file.sync_data().map_err(io_err("fsync segment at seal", &self.path))?;
         let file_len = self.written_len;
         // Readers keep seeing the frames until the index entry flips to sealed.
         if let Ok(mut v) = self.view.lock() {

@@ -34,12 +34,7 @@ pub(crate) struct CameraIndex {
 impl CameraIndex {
     /// The segment (other than `own`) that a stream extending from `after` (exclusive; `None` for
     /// a stream's first frame) to `ts` would collide with.
-    pub(crate) fn collision(
-        &self,
-        own: Option<SegmentId>,
-        after: Option<i64>,
-        ts: i64,
-    ) -> Option<&IndexEntry> {
+    pub(crate) fn collision(&self, own: Option<SegmentId>, after: Option<i64>, ts: i64) -> Option<&IndexEntry> {
         if let Some((_, e)) = self.segments.range(..=ts).next_back() {
             if Some(e.id) != own && e.last_ts_us >= ts {
                 return Some(e);
@@ -47,11 +42,7 @@ impl CameraIndex {
         }
         let lo = after.unwrap_or(ts);
         if lo < ts {
-            if let Some((_, e)) = self
-                .segments
-                .range(lo.saturating_add(1)..=ts)
-                .find(|(_, e)| Some(e.id) != own)
-            {
+            if let Some((_, e)) = self.segments.range(lo.saturating_add(1)..=ts).find(|(_, e)| Some(e.id) != own) {
                 return Some(e);
             }
         }

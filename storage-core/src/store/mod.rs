@@ -127,11 +127,7 @@ pub struct Env {
 
 impl Default for Env {
     fn default() -> Self {
-        Env {
-            vfs: Arc::new(StdVfs),
-            clock: Arc::new(SystemClock),
-            kek: None,
-        }
+        Env { vfs: Arc::new(StdVfs), clock: Arc::new(SystemClock), kek: None }
     }
 }
 
@@ -152,14 +148,10 @@ impl Store {
             None => Arc::new(FileKekProvider::open(vfs.clone(), config.kek_dir.clone())?),
         };
         let seg_root = config.root.join("segments");
-        vfs.create_dir_all(&seg_root)
-            .map_err(|e| Error::io("create segments directory", &seg_root, e))?;
+        vfs.create_dir_all(&seg_root).map_err(|e| Error::io("create segments directory", &seg_root, e))?;
         let keys = KeyStore::open(vfs.clone(), &config.key_dir, kek, env.clock.now_us())?;
         let loaded = Catalog::open(&vfs, &config.root.join("catalog"))?;
-        let next = loaded
-            .max_segment
-            .max(keys.last_segment())
-            .map_or(1, |s| s.0 + 1);
+        let next = loaded.max_segment.max(keys.last_segment()).map_or(1, |s| s.0 + 1);
         let inner = Arc::new(Inner {
             config,
             vfs,
@@ -196,27 +188,13 @@ impl Store {
     /// Opens a stream for `camera` with its codec and configuration (parameter sets, may be
     /// empty if they travel in-band). Several streams of one camera may be open as long as
     /// their frames do not overlap in time.
-    pub fn open_stream(
-        &self,
-        camera: &str,
-        codec: Codec,
-        codec_config: &[u8],
-    ) -> Result<StreamWriter> {
+    pub fn open_stream(&self, camera: &str, codec: Codec, codec_config: &[u8]) -> Result<StreamWriter> {
         check_camera_id(camera)?;
         check_config(codec_config)?;
         let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(StreamShared::new(
-            id,
-            camera.to_string(),
-            codec,
-            codec_config.to_vec(),
-        ));
+        let shared = Arc::new(StreamShared::new(id, camera.to_string(), codec, codec_config.to_vec()));
         {
-            let mut streams = self
-                .inner
-                .streams
-                .lock()
-                .map_err(|_| Error::Poisoned("stream registry".into()))?;
+            let mut streams = self.inner.streams.lock().map_err(|_| Error::Poisoned("stream registry".into()))?;
             streams.retain(|_, w| w.strong_count() > 0);
             if streams.len() >= crate::config::STREAMS_MAX {
                 return Err(Error::LimitExceeded {
@@ -227,10 +205,7 @@ impl Store {
             }
             streams.insert(id, Arc::downgrade(&shared));
         }
-        Ok(StreamWriter {
-            inner: self.inner.clone(),
-            shared,
-        })
+        Ok(StreamWriter { inner: self.inner.clone(), shared })
     }
 
     /// Group commit now: every open stream's data is written and fsynced.
@@ -241,9 +216,7 @@ impl Store {
     /// Segments of `camera` holding frames in `[from_us, to_us)`, oldest first.
     pub fn segments(&self, camera: &str, from_us: i64, to_us: i64) -> Result<Vec<SegmentSummary>> {
         let idx = self.inner.existing_index(camera)?;
-        let idx = idx
-            .lock()
-            .map_err(|_| Error::Poisoned("index lock".into()))?;
+        let idx = idx.lock().map_err(|_| Error::Poisoned("index lock".into()))?;
         Ok(idx
             .covering(from_us, to_us)
             .into_iter()
@@ -269,41 +242,25 @@ impl Store {
         };
         let mut spans: Vec<Span> = Vec::new();
         for s in segs {
-            let (a, b) = (
-                s.first_ts_us.max(from_us),
-                s.last_ts_us.min(to_us.saturating_sub(1)),
-            );
+            let (a, b) = (s.first_ts_us.max(from_us), s.last_ts_us.min(to_us.saturating_sub(1)));
             if a > b {
                 continue;
             }
             match spans.last_mut() {
-                Some(last) if s.first_ts_us - last.end_us <= self.inner.config.gap_us => {
-                    last.end_us = b
-                }
-                _ => spans.push(Span {
-                    start_us: a,
-                    end_us: b,
-                }),
+                Some(last) if s.first_ts_us - last.end_us <= self.inner.config.gap_us => last.end_us = b,
+                _ => spans.push(Span { start_us: a, end_us: b }),
             }
         }
         let mut gaps = Vec::new();
         let mut cursor = from_us;
         for s in &spans {
             if s.start_us > cursor {
-                gaps.push(Span {
-                    start_us: cursor,
-                    end_us: s.start_us,
-                });
+                gaps.push(Span { start_us: cursor, end_us: s.start_us });
             }
             cursor = s.end_us;
         }
-        if cursor < to_us.saturating_sub(1)
-            && (spans.is_empty() || to_us - cursor > self.inner.config.gap_us)
-        {
-            gaps.push(Span {
-                start_us: cursor,
-                end_us: to_us,
-            });
+        if cursor < to_us.saturating_sub(1) && (spans.is_empty() || to_us - cursor > self.inner.config.gap_us) {
+            gaps.push(Span { start_us: cursor, end_us: to_us });
         }
         Ok(Recordings { spans, gaps })
     }
@@ -312,44 +269,23 @@ impl Store {
     /// each preceded by the codec configuration in force. Only durable frames are visible.
     pub fn read(&self, camera: &str, from_us: i64, to_us: i64) -> Result<FrameReader> {
         if from_us >= to_us {
-            return Err(Error::InvalidArgument(format!(
-                "empty time range [{from_us}, {to_us})"
-            )));
+            return Err(Error::InvalidArgument(format!("empty time range [{from_us}, {to_us})")));
         }
         let idx = self.inner.existing_index(camera)?;
-        let entries = idx
-            .lock()
-            .map_err(|_| Error::Poisoned("index lock".into()))?
-            .covering(from_us, to_us);
+        let entries = idx.lock().map_err(|_| Error::Poisoned("index lock".into()))?.covering(from_us, to_us);
         let mut plans = Vec::with_capacity(entries.len());
         for (i, e) in entries.into_iter().enumerate() {
             let (end, keyframes) = match &e.state {
                 EntryState::Sealed(s) => {
-                    let kf = if i == 0 {
-                        self.inner.footer_keyframes(camera, e.id, s)?
-                    } else {
-                        Vec::new()
-                    };
+                    let kf = if i == 0 { self.inner.footer_keyframes(camera, e.id, s)? } else { Vec::new() };
                     (s.footer_offset, kf)
                 }
                 EntryState::Open { view, .. } => {
-                    let v = view
-                        .lock()
-                        .map_err(|_| Error::Poisoned("segment view lock".into()))?;
-                    (
-                        v.durable_len,
-                        if i == 0 {
-                            v.keyframes.clone()
-                        } else {
-                            Vec::new()
-                        },
-                    )
+                    let v = view.lock().map_err(|_| Error::Poisoned("segment view lock".into()))?;
+                    (v.durable_len, if i == 0 { v.keyframes.clone() } else { Vec::new() })
                 }
             };
-            let start_key = keyframes
-                .iter()
-                .rev()
-                .find(|k| k.ts_us <= from_us && k.offset < end);
+            let start_key = keyframes.iter().rev().find(|k| k.ts_us <= from_us && k.offset < end);
             plans.push(SegmentPlan {
                 id: e.id,
                 camera: camera.to_string(),
@@ -358,51 +294,29 @@ impl Store {
                 end,
             });
         }
-        Ok(FrameReader {
-            inner: self.inner.clone(),
-            plans: plans.into_iter(),
-            to_us,
-            current: None,
-            done: false,
-        })
+        Ok(FrameReader { inner: self.inner.clone(), plans: plans.into_iter(), to_us, current: None, done: false })
     }
 
     /// Cameras with at least one segment.
     pub fn cameras(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .inner
-            .cameras
-            .read()
-            .map(|c| c.keys().cloned().collect())
-            .unwrap_or_default();
+        let mut v: Vec<String> = self.inner.cameras.read().map(|c| c.keys().cloned().collect()).unwrap_or_default();
         v.sort();
         v
     }
 
     /// Damage found so far (at open, on reads, by [`Store::scrub`]).
     pub fn corruptions(&self) -> Vec<CorruptionReport> {
-        self.inner
-            .corruptions
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_default()
+        self.inner.corruptions.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     /// Checks every record of every sealed segment (CRC and structure, no key needed); returns
     /// the reports found by this pass (also added to [`Store::corruptions`]).
     pub fn scrub(&self) -> Result<Vec<CorruptionReport>> {
-        let cams: Vec<(String, Arc<Mutex<CameraIndex>>)> = self
-            .inner
-            .cameras
-            .read()
-            .map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
+        let cams: Vec<(String, Arc<Mutex<CameraIndex>>)> =
+            self.inner.cameras.read().map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
         let mut found = Vec::new();
         for (camera, idx) in cams {
-            let entries: Vec<_> = idx
-                .lock()
-                .map(|i| i.segments.values().cloned().collect())
-                .unwrap_or_default();
+            let entries: Vec<_> = idx.lock().map(|i| i.segments.values().cloned().collect()).unwrap_or_default();
             for e in entries {
                 let EntryState::Sealed(info) = e.state else {
                     continue;
@@ -411,44 +325,25 @@ impl Store {
                 let file = match self.inner.vfs.open(&path) {
                     Ok(f) => f,
                     Err(err) => {
-                        found.push(self.inner.report(
-                            path,
-                            Some(e.id),
-                            None,
-                            format!("segment file cannot be opened: {err}"),
-                        ));
+                        found.push(self.inner.report(path, Some(e.id), None, format!("segment file cannot be opened: {err}")));
                         continue;
                     }
                 };
-                let mut cursor =
-                    RecordCursor::new(file.clone(), HEADER_LEN as u64, info.footer_offset);
+                let mut cursor = RecordCursor::new(file.clone(), HEADER_LEN as u64, info.footer_offset);
                 loop {
-                    match cursor
-                        .next_record()
-                        .map_err(|err| Error::io("scrub segment", &path, err))?
-                    {
+                    match cursor.next_record().map_err(|err| Error::io("scrub segment", &path, err))? {
                         Ok(_) => {}
                         Err(Stop::End) => break,
                         Err(Stop::Bad { offset, detail }) => {
-                            found.push(self.inner.report(
-                                path.clone(),
-                                Some(e.id),
-                                Some(offset),
-                                detail,
-                            ));
+                            found.push(self.inner.report(path.clone(), Some(e.id), Some(offset), detail));
                             break;
                         }
                     }
                 }
-                if let Err(detail) = read_footer(file.as_ref(), info.footer_offset, info.file_len)
-                    .map_err(|err| Error::io("scrub segment", &path, err))?
+                if let Err(detail) =
+                    read_footer(file.as_ref(), info.footer_offset, info.file_len).map_err(|err| Error::io("scrub segment", &path, err))?
                 {
-                    found.push(self.inner.report(
-                        path.clone(),
-                        Some(e.id),
-                        Some(info.footer_offset),
-                        detail,
-                    ));
+                    found.push(self.inner.report(path.clone(), Some(e.id), Some(info.footer_offset), detail));
                 }
             }
         }
@@ -513,11 +408,8 @@ fn flusher_loop(inner: Weak<Inner>, period: std::time::Duration) {
 
 /// One group commit over every registered stream, spread over the flusher threads.
 fn flush_all(inner: &Arc<Inner>) -> Result<()> {
-    let streams: Vec<Arc<StreamShared>> = inner
-        .streams
-        .lock()
-        .map(|s| s.values().filter_map(|w| w.upgrade()).collect())
-        .unwrap_or_default();
+    let streams: Vec<Arc<StreamShared>> =
+        inner.streams.lock().map(|s| s.values().filter_map(|w| w.upgrade()).collect()).unwrap_or_default();
     if streams.is_empty() {
         return Ok(());
     }
@@ -554,12 +446,7 @@ impl Inner {
     }
 
     pub(crate) fn camera_index(&self, camera: &str) -> Arc<Mutex<CameraIndex>> {
-        if let Some(i) = self
-            .cameras
-            .read()
-            .ok()
-            .and_then(|c| c.get(camera).cloned())
-        {
+        if let Some(i) = self.cameras.read().ok().and_then(|c| c.get(camera).cloned()) {
             return i;
         }
         match self.cameras.write() {
@@ -578,10 +465,7 @@ impl Inner {
     }
 
     pub(crate) fn catalog_append(&self, rec: &CatalogRecord) -> Result<()> {
-        self.catalog
-            .lock()
-            .map_err(|_| Error::Poisoned("catalog lock".into()))?
-            .append(rec)
+        self.catalog.lock().map_err(|_| Error::Poisoned("catalog lock".into()))?.append(rec)
     }
 
     pub(crate) fn check_writable(&self) -> Result<()> {
@@ -600,14 +484,9 @@ impl Inner {
         match &res {
             Err(e) if e.is_no_space() => {
                 if !self.no_space.swap(true, Ordering::Relaxed) {
-                    tracing::error!(
-                        camera,
-                        "disk full: refusing new segments; nothing stored is deleted to make room"
-                    );
+                    tracing::error!(camera, "disk full: refusing new segments; nothing stored is deleted to make room");
                 }
-                self.metrics
-                    .no_space_refusals
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.no_space_refusals.fetch_add(1, Ordering::Relaxed);
             }
             Ok(_) => {
                 if self.no_space.swap(false, Ordering::Relaxed) {
@@ -622,26 +501,15 @@ impl Inner {
     fn create_segment_inner(&self, camera: &str) -> Result<SegmentWriter> {
         let key = DataKey::generate()?;
         let id = {
-            let mut keys = self
-                .keys
-                .lock()
-                .map_err(|_| Error::Poisoned("key store lock".into()))?;
+            let mut keys = self.keys.lock().map_err(|_| Error::Poisoned("key store lock".into()))?;
             let id = SegmentId(self.next_segment.fetch_add(1, Ordering::SeqCst));
             keys.put(id, &key)?;
             id
         };
         let now = self.clock.now_us();
-        self.catalog_append(&CatalogRecord::Open {
-            segment: id,
-            created_us: now,
-            camera: camera.to_string(),
-        })?;
+        self.catalog_append(&CatalogRecord::Open { segment: id, created_us: now, camera: camera.to_string() })?;
         let dir = self.camera_dir(camera);
-        let made = self
-            .camera_dirs
-            .lock()
-            .map(|d| d.contains(camera))
-            .unwrap_or(false);
+        let made = self.camera_dirs.lock().map(|d| d.contains(camera)).unwrap_or(false);
         if !made {
             // New camera directory: create it, then make its entry in segments/ durable.
             (|| {
@@ -656,17 +524,12 @@ impl Inner {
         let writer = SegmentWriter::create(&self.vfs, &dir, &new_header(id, camera, now), &key);
         match writer {
             Ok(w) => {
-                self.metrics
-                    .segments_created
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.segments_created.fetch_add(1, Ordering::Relaxed);
                 Ok(w)
             }
             Err(e) => {
                 // The Open record is durable; mark it dropped so nothing waits on it.
-                let files = [
-                    self.segment_path(camera, id),
-                    dir.join(crate::segment::writer::kfi_file_name(id)),
-                ];
+                let files = [self.segment_path(camera, id), dir.join(crate::segment::writer::kfi_file_name(id))];
                 if let Err(e2) = self.drop_segment(camera, id, &files) {
                     tracing::error!(error = %e2, segment = id.0, "could not drop a segment whose creation failed; recovery will");
                 }
@@ -676,25 +539,16 @@ impl Inner {
     }
 
     /// Drop an empty segment: catalog Dropped (fsynced), then unlink its files.
-    pub(crate) fn drop_segment(
-        &self,
-        camera: &str,
-        id: SegmentId,
-        files: &[PathBuf],
-    ) -> Result<()> {
+    pub(crate) fn drop_segment(&self, camera: &str, id: SegmentId, files: &[PathBuf]) -> Result<()> {
         self.catalog_append(&CatalogRecord::Dropped { segment: id })?;
         for f in files {
             if self.vfs.exists(f) {
-                self.vfs
-                    .remove_file(f)
-                    .map_err(|e| Error::io("remove empty segment", f, e))?;
+                self.vfs.remove_file(f).map_err(|e| Error::io("remove empty segment", f, e))?;
             }
         }
         let dir = self.camera_dir(camera);
         if self.vfs.exists(&dir) {
-            self.vfs
-                .sync_dir(&dir)
-                .map_err(|e| Error::io("fsync camera directory", &dir, e))?;
+            self.vfs.sync_dir(&dir).map_err(|e| Error::io("fsync camera directory", &dir, e))?;
         }
         Ok(())
     }
@@ -705,66 +559,29 @@ impl Inner {
         }
     }
 
-    fn footer_keyframes(
-        &self,
-        camera: &str,
-        id: SegmentId,
-        info: &SealedInfo,
-    ) -> Result<Vec<crate::segment::format::KeyframeEntry>> {
+    fn footer_keyframes(&self, camera: &str, id: SegmentId, info: &SealedInfo) -> Result<Vec<crate::segment::format::KeyframeEntry>> {
         let path = self.segment_path(camera, id);
-        let file = self
-            .vfs
-            .open(&path)
-            .map_err(|e| Error::io("open segment", &path, e))?;
-        match read_footer(file.as_ref(), info.footer_offset, info.file_len)
-            .map_err(|e| Error::io("read footer", &path, e))?
-        {
+        let file = self.vfs.open(&path).map_err(|e| Error::io("open segment", &path, e))?;
+        match read_footer(file.as_ref(), info.footer_offset, info.file_len).map_err(|e| Error::io("read footer", &path, e))? {
             Ok(f) => Ok(f.keyframes),
-            Err(detail) => {
-                Err(self.report_corruption(path, Some(id), Some(info.footer_offset), detail))
-            }
+            Err(detail) => Err(self.report_corruption(path, Some(id), Some(info.footer_offset), detail)),
         }
     }
 
-    pub(crate) fn report(
-        &self,
-        path: PathBuf,
-        segment: Option<SegmentId>,
-        offset: Option<u64>,
-        detail: String,
-    ) -> CorruptionReport {
-        let r = CorruptionReport {
-            path,
-            segment,
-            offset,
-            detail,
-            detected_us: self.clock.now_us(),
-        };
+    pub(crate) fn report(&self, path: PathBuf, segment: Option<SegmentId>, offset: Option<u64>, detail: String) -> CorruptionReport {
+        let r = CorruptionReport { path, segment, offset, detail, detected_us: self.clock.now_us() };
         tracing::error!(path = %r.path.display(), segment = ?r.segment.map(|s| s.0), offset = ?r.offset, detail = %r.detail, "corruption detected");
         if let Ok(mut c) = self.corruptions.lock() {
-            if !c
-                .iter()
-                .any(|x| x.path == r.path && x.offset == r.offset && x.detail == r.detail)
-            {
+            if !c.iter().any(|x| x.path == r.path && x.offset == r.offset && x.detail == r.detail) {
                 c.push(r.clone());
             }
         }
         r
     }
 
-    pub(crate) fn report_corruption(
-        &self,
-        path: PathBuf,
-        segment: Option<SegmentId>,
-        offset: Option<u64>,
-        detail: String,
-    ) -> Error {
+    pub(crate) fn report_corruption(&self, path: PathBuf, segment: Option<SegmentId>, offset: Option<u64>, detail: String) -> Error {
         let r = self.report(path, segment, offset, detail);
-        Error::Corrupt {
-            path: r.path,
-            offset: r.offset,
-            detail: r.detail,
-        }
+        Error::Corrupt { path: r.path, offset: r.offset, detail: r.detail }
     }
 
     pub(crate) fn seg_root(&self) -> &Path {

@@ -82,30 +82,13 @@ impl FrameReader {
             return Ok(false);
         };
         let path = self.inner.segment_path(&plan.camera, plan.id);
-        let file = self
-            .inner
-            .vfs
-            .open(&path)
-            .map_err(|e| Error::io("open segment", &path, e))?;
-        let key = self
-            .inner
-            .keys
-            .lock()
-            .map_err(|_| Error::Poisoned("key store lock".into()))?
-            .get(plan.id)?;
+        let file = self.inner.vfs.open(&path).map_err(|e| Error::io("open segment", &path, e))?;
+        let key = self.inner.keys.lock().map_err(|_| Error::Poisoned("key store lock".into()))?.get(plan.id)?;
         let cipher = SegmentCipher::new(&key);
-        let config = plan
-            .config_offset
-            .filter(|&c| c < plan.start && c >= HEADER_LEN as u64)
-            .map(|c| RecordCursor::new(file.clone(), c, plan.end));
+        let config =
+            plan.config_offset.filter(|&c| c < plan.start && c >= HEADER_LEN as u64).map(|c| RecordCursor::new(file.clone(), c, plan.end));
         let cursor = RecordCursor::new(file, plan.start, plan.end);
-        self.current = Some(Current {
-            id: plan.id,
-            path,
-            cipher,
-            cursor,
-            config,
-        });
+        self.current = Some(Current { id: plan.id, path, cipher, cursor, config });
         Ok(true)
     }
 
@@ -126,9 +109,7 @@ impl FrameReader {
                 Some(c) => c,
                 None => &mut cur.cursor,
             };
-            let rec = cursor
-                .next_record()
-                .map_err(|e| Error::io("read segment", &cur.path, e))?;
+            let rec = cursor.next_record().map_err(|e| Error::io("read segment", &cur.path, e))?;
             if from_config {
                 cur.config = None;
             }
@@ -139,12 +120,7 @@ impl FrameReader {
                     continue;
                 }
                 Err(Stop::Bad { offset, detail }) => {
-                    return Err(self.inner.report_corruption(
-                        cur.path.clone(),
-                        Some(cur.id),
-                        Some(offset),
-                        detail,
-                    ));
+                    return Err(self.inner.report_corruption(cur.path.clone(), Some(cur.id), Some(offset), detail));
                 }
             };
             let h = rec.header;
@@ -153,14 +129,8 @@ impl FrameReader {
                 continue;
             }
             if from_config && h.kind != RecordKind::CodecConfig {
-                let detail = "key-frame index points at a record that is not a codec configuration"
-                    .to_string();
-                return Err(self.inner.report_corruption(
-                    cur.path.clone(),
-                    Some(cur.id),
-                    Some(rec.offset),
-                    detail,
-                ));
+                let detail = "key-frame index points at a record that is not a codec configuration".to_string();
+                return Err(self.inner.report_corruption(cur.path.clone(), Some(cur.id), Some(rec.offset), detail));
             }
             if h.kind == RecordKind::Video && h.ts_us >= self.to_us {
                 self.done = true;
@@ -171,28 +141,13 @@ impl FrameReader {
             let mut tag = [0u8; TAG_LEN];
             tag.copy_from_slice(&body[split..]);
             body.truncate(split);
-            if !cur.cipher.open(
-                &nonce(h.ordinal),
-                &aad(cur.id, &rec.header_bytes),
-                &mut body,
-                &tag,
-            ) {
-                let detail =
-                    "record fails AES-GCM authentication (damaged, or moved from elsewhere)"
-                        .to_string();
-                return Err(self.inner.report_corruption(
-                    cur.path.clone(),
-                    Some(cur.id),
-                    Some(rec.offset),
-                    detail,
-                ));
+            if !cur.cipher.open(&nonce(h.ordinal), &aad(cur.id, &rec.header_bytes), &mut body, &tag) {
+                let detail = "record fails AES-GCM authentication (damaged, or moved from elsewhere)".to_string();
+                return Err(self.inner.report_corruption(cur.path.clone(), Some(cur.id), Some(rec.offset), detail));
             }
             let data = body.freeze();
             return Ok(Some(match h.kind {
-                RecordKind::CodecConfig => ReadItem::Config(CodecConfig {
-                    codec: h.codec,
-                    data,
-                }),
+                RecordKind::CodecConfig => ReadItem::Config(CodecConfig { codec: h.codec, data }),
                 _ => ReadItem::Frame(Frame {
                     ts_us: h.ts_us,
                     pts_90k: h.pts(),

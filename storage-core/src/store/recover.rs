@@ -6,8 +6,8 @@ use std::sync::Arc;
 use crate::catalog::{CatalogEntry, CatalogRecord, SealedInfo};
 use crate::io::{read_exact_at, read_up_to};
 use crate::segment::format::{
-    footer_record, Codec, Footer, KeyframeEntry, RecordKind, SegmentHeader, HEADER_LEN,
-    KEYFRAMES_PER_SEGMENT_MAX, RECORD_HEADER_LEN, TAG_LEN,
+    footer_record, Codec, Footer, KeyframeEntry, RecordKind, SegmentHeader, HEADER_LEN, KEYFRAMES_PER_SEGMENT_MAX, RECORD_HEADER_LEN,
+    TAG_LEN,
 };
 use crate::segment::reader::{read_footer, RecordCursor, Stop};
 use crate::segment::writer::{kfi_file_name, segment_file_name, KfiEntry, KFI_ENTRY_LEN};
@@ -16,10 +16,7 @@ use crate::store::Inner;
 use crate::{Error, Result, SegmentId};
 
 /// Rebuilds the index from the catalog, recovering every segment the catalog says is open.
-pub(crate) fn recover(
-    inner: &Arc<Inner>,
-    entries: BTreeMap<SegmentId, CatalogEntry>,
-) -> Result<()> {
+pub(crate) fn recover(inner: &Arc<Inner>, entries: BTreeMap<SegmentId, CatalogEntry>) -> Result<()> {
     let mut recovered = 0usize;
     for (id, e) in entries {
         let info = match e.sealed {
@@ -34,31 +31,18 @@ pub(crate) fn recover(
             d.insert(e.camera.clone());
         }
         let idx = inner.camera_index(&e.camera);
-        let mut idx = idx
-            .lock()
-            .map_err(|_| Error::Poisoned("index lock".into()))?;
-        let entry = IndexEntry {
-            id,
-            first_ts_us: info.first_ts_us,
-            last_ts_us: info.last_ts_us,
-            state: EntryState::Sealed(info),
-        };
+        let mut idx = idx.lock().map_err(|_| Error::Poisoned("index lock".into()))?;
+        let entry = IndexEntry { id, first_ts_us: info.first_ts_us, last_ts_us: info.last_ts_us, state: EntryState::Sealed(info) };
         if let Some(prev) = idx.segments.insert(info.first_ts_us, entry) {
             return Err(Error::Corrupt {
                 path: inner.segment_path(&e.camera, id),
                 offset: None,
-                detail: format!(
-                    "segments {} and {} of camera {} start at the same time",
-                    prev.id.0, id.0, e.camera
-                ),
+                detail: format!("segments {} and {} of camera {} start at the same time", prev.id.0, id.0, e.camera),
             });
         }
     }
     if recovered > 0 {
-        tracing::info!(
-            segments = recovered,
-            "recovered segments left open by an unclean stop"
-        );
+        tracing::info!(segments = recovered, "recovered segments left open by an unclean stop");
     }
     Ok(())
 }
@@ -87,29 +71,18 @@ fn recover_segment(inner: &Inner, id: SegmentId, camera: &str) -> Result<Option<
         inner.drop_segment(camera, id, &[kfi_path])?;
         return Ok(None);
     }
-    let file = inner
-        .vfs
-        .open(&path)
-        .map_err(|e| Error::io("open segment", &path, e))?;
-    let len = file
-        .len()
-        .map_err(|e| Error::io("stat segment", &path, e))?;
+    let file = inner.vfs.open(&path).map_err(|e| Error::io("open segment", &path, e))?;
+    let len = file.len().map_err(|e| Error::io("stat segment", &path, e))?;
     if len < HEADER_LEN as u64 {
         inner.drop_segment(camera, id, &[path, kfi_path])?;
         return Ok(None);
     }
     let mut hb = [0u8; HEADER_LEN];
-    read_exact_at(file.as_ref(), &mut hb, 0)
-        .map_err(|e| Error::io("read segment header", &path, e))?;
+    read_exact_at(file.as_ref(), &mut hb, 0).map_err(|e| Error::io("read segment header", &path, e))?;
     match SegmentHeader::decode(&hb) {
         Ok(h) if h.segment == id && h.camera == camera => {}
         Ok(_) => {
-            inner.report(
-                path,
-                Some(id),
-                Some(0),
-                "segment header names another segment or camera".into(),
-            );
+            inner.report(path, Some(id), Some(0), "segment header names another segment or camera".into());
             return Ok(None);
         }
         Err(detail) if hb.iter().all(|&b| b == 0) => {
@@ -157,15 +130,18 @@ fn recover_segment(inner: &Inner, id: SegmentId, camera: &str) -> Result<Option<
     let mut cursor = RecordCursor::new(file.clone(), pos, len);
     let mut footer_at = None;
     loop {
-        let rec = cursor
-            .next_record()
-            .map_err(|e| Error::io("scan segment", &path, e))?;
+        let rec = cursor.next_record().map_err(|e| Error::io("scan segment", &path, e))?;
         let rec = match rec {
             Ok(r) => r,
             Err(Stop::End) => break,
             Err(Stop::Bad { offset, detail }) => {
                 if trusted == Some(offset) {
-                    inner.report(path.clone(), Some(id), Some(offset), format!("record that was durable is damaged ({detail}); segment sealed before it"));
+                    inner.report(
+                        path.clone(),
+                        Some(id),
+                        Some(offset),
+                        format!("record that was durable is damaged ({detail}); segment sealed before it"),
+                    );
                 }
                 break;
             }
@@ -181,17 +157,11 @@ fn recover_segment(inner: &Inner, id: SegmentId, camera: &str) -> Result<Option<
             }
             RecordKind::CodecConfig => scan.config_offset = rec.offset,
             RecordKind::Video => {
-                if scan.last_ts.is_some_and(|l| h.ts_us <= l)
-                    || (h.is_key() && scan.keyframes.len() >= KEYFRAMES_PER_SEGMENT_MAX)
-                {
+                if scan.last_ts.is_some_and(|l| h.ts_us <= l) || (h.is_key() && scan.keyframes.len() >= KEYFRAMES_PER_SEGMENT_MAX) {
                     break;
                 }
                 if h.is_key() {
-                    scan.keyframes.push(KeyframeEntry {
-                        ts_us: h.ts_us,
-                        offset: rec.offset,
-                        config_offset: scan.config_offset,
-                    });
+                    scan.keyframes.push(KeyframeEntry { ts_us: h.ts_us, offset: rec.offset, config_offset: scan.config_offset });
                 }
                 scan.frames += 1;
                 scan.payload_bytes += (rec.body.len() - TAG_LEN) as u64;
@@ -205,15 +175,8 @@ fn recover_segment(inner: &Inner, id: SegmentId, camera: &str) -> Result<Option<
     if let Some(off) = footer_at {
         // Sealed on disk, but the catalog's Sealed record was lost: adopt the footer.
         let file_len = cursor.pos();
-        match read_footer(file.as_ref(), off, file_len)
-            .map_err(|e| Error::io("read footer", &path, e))?
-        {
-            Ok(f) => {
-                return finish(
-                    inner, camera, id, &path, &kfi_path, &file, len, off, file_len, &f,
-                )
-                .map(Some)
-            }
+        match read_footer(file.as_ref(), off, file_len).map_err(|e| Error::io("read footer", &path, e))? {
+            Ok(f) => return finish(inner, camera, id, &path, &kfi_path, &file, len, off, file_len, &f).map(Some),
             Err(detail) => {
                 inner.report(path, Some(id), Some(off), detail);
                 return Ok(None);
@@ -245,10 +208,7 @@ fn recover_segment(inner: &Inner, id: SegmentId, camera: &str) -> Result<Option<
     })()
     .map_err(|e| Error::io("seal recovered segment", &path, e))?;
     let file_len = end + rec.len() as u64;
-    finish(
-        inner, camera, id, &path, &kfi_path, &file, file_len, end, file_len, &footer,
-    )
-    .map(Some)
+    finish(inner, camera, id, &path, &kfi_path, &file, file_len, end, file_len, &footer).map(Some)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -265,9 +225,7 @@ fn finish(
     f: &Footer,
 ) -> Result<SealedInfo> {
     if len > file_len {
-        file.set_len(file_len)
-            .and_then(|_| file.sync_data())
-            .map_err(|e| Error::io("truncate segment", path, e))?;
+        file.set_len(file_len).and_then(|_| file.sync_data()).map_err(|e| Error::io("truncate segment", path, e))?;
     }
     let info = SealedInfo {
         first_ts_us: f.first_ts_us,
@@ -303,13 +261,8 @@ fn read_sidecar(inner: &Inner, kfi_path: &std::path::Path, seg_len: u64) -> Vec<
         let Some(e) = KfiEntry::decode(chunk) else {
             break;
         };
-        let ascending = out.last().is_none_or(|p| {
-            e.key.offset > p.key.offset && e.ordinal > p.ordinal && e.key.ts_us > p.key.ts_us
-        });
-        if !ascending
-            || e.key.offset < HEADER_LEN as u64
-            || e.key.offset + RECORD_HEADER_LEN as u64 > seg_len
-        {
+        let ascending = out.last().is_none_or(|p| e.key.offset > p.key.offset && e.ordinal > p.ordinal && e.key.ts_us > p.key.ts_us);
+        if !ascending || e.key.offset < HEADER_LEN as u64 || e.key.offset + RECORD_HEADER_LEN as u64 > seg_len {
             break;
         }
         out.push(e);
@@ -318,19 +271,13 @@ fn read_sidecar(inner: &Inner, kfi_path: &std::path::Path, seg_len: u64) -> Vec<
 }
 
 /// Timestamp and codec of the segment's first frame.
-fn first_frame(
-    inner: &Inner,
-    file: &Arc<dyn crate::io::VfsFile>,
-    len: u64,
-) -> Option<(i64, Codec)> {
+fn first_frame(inner: &Inner, file: &Arc<dyn crate::io::VfsFile>, len: u64) -> Option<(i64, Codec)> {
     let _ = inner;
     let mut cursor = RecordCursor::new(file.clone(), HEADER_LEN as u64, len);
     // The first frame follows at most a codec configuration record or two.
     for _ in 0..4 {
         match cursor.next_record() {
-            Ok(Ok(r)) if r.header.kind == RecordKind::Video => {
-                return Some((r.header.ts_us, r.header.codec))
-            }
+            Ok(Ok(r)) if r.header.kind == RecordKind::Video => return Some((r.header.ts_us, r.header.codec)),
             Ok(Ok(_)) => continue,
             _ => return None,
         }

@@ -49,8 +49,7 @@ pub(crate) struct StreamShared {
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
-    m.lock()
-        .map_err(|_| Error::Poisoned("a thread panicked while holding a stream lock".into()))
+    m.lock().map_err(|_| Error::Poisoned("a thread panicked while holding a stream lock".into()))
 }
 
 impl StreamShared {
@@ -66,13 +65,7 @@ impl StreamShared {
             poisoned: None,
             closed: false,
         };
-        StreamShared {
-            id,
-            camera,
-            state: Mutex::new(state),
-            durable_seq: Mutex::new(0),
-            durable_cv: Condvar::new(),
-        }
+        StreamShared { id, camera, state: Mutex::new(state), durable_seq: Mutex::new(0), durable_cv: Condvar::new() }
     }
 
     fn publish_durable(&self, seq: u64) {
@@ -137,11 +130,7 @@ impl StreamShared {
         st.config_written = false;
         if seg.frames == 0 {
             // Nothing was ever indexed in it: drop it (catalog first, then the files).
-            inner.drop_segment(
-                &self.camera,
-                seg.id,
-                &[seg.path.clone(), seg.kfi_path().to_path_buf()],
-            )?;
+            inner.drop_segment(&self.camera, seg.id, &[seg.path.clone(), seg.kfi_path().to_path_buf()])?;
             return Ok(());
         }
         let (footer_offset, file_len, footer) = seg.seal()?;
@@ -154,10 +143,7 @@ impl StreamShared {
             file_len,
             payload_bytes: footer.payload_bytes,
         };
-        inner.catalog_append(&CatalogRecord::Sealed {
-            segment: seg.id,
-            info,
-        })?;
+        inner.catalog_append(&CatalogRecord::Sealed { segment: seg.id, info })?;
         {
             let idx = inner.camera_index(&self.camera);
             let mut idx = lock(&idx)?;
@@ -171,10 +157,7 @@ impl StreamShared {
         if let Err(e) = inner.vfs.remove_file(seg.kfi_path()) {
             tracing::warn!(path = %seg.kfi_path().display(), error = %e, "could not remove key-frame sidecar");
         }
-        inner
-            .metrics
-            .segments_sealed
-            .fetch_add(1, Ordering::Relaxed);
+        inner.metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
         self.publish_durable(st.seq);
         st.synced_seq = st.seq;
         Ok(())
@@ -194,10 +177,7 @@ pub struct StreamWriter {
 
 impl std::fmt::Debug for StreamWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamWriter")
-            .field("camera", &self.shared.camera)
-            .field("id", &self.shared.id)
-            .finish()
+        f.debug_struct("StreamWriter").field("camera", &self.shared.camera).field("id", &self.shared.id).finish()
     }
 }
 
@@ -226,21 +206,13 @@ impl StreamWriter {
             return Err(Error::InvalidArgument("frame payload is empty".into()));
         }
         if frame.payload.len() > FRAME_BYTES_MAX {
-            return Err(Error::LimitExceeded {
-                what: "frame bytes",
-                actual: frame.payload.len() as u64,
-                max: FRAME_BYTES_MAX as u64,
-            });
+            return Err(Error::LimitExceeded { what: "frame bytes", actual: frame.payload.len() as u64, max: FRAME_BYTES_MAX as u64 });
         }
         let mut st = lock(&self.shared.state)?;
         check_writable(&st)?;
         if let Some(last) = st.last_ts {
             if frame.ts_us <= last {
-                return Err(Error::OutOfOrder {
-                    camera: self.shared.camera.clone(),
-                    ts_us: frame.ts_us,
-                    last_ts_us: last,
-                });
+                return Err(Error::OutOfOrder { camera: self.shared.camera.clone(), ts_us: frame.ts_us, last_ts_us: last });
             }
         }
         let cfg = &inner.config;
@@ -249,14 +221,11 @@ impl StreamWriter {
             let first = s.first_ts.unwrap_or(frame.ts_us);
             let gap = s.last_ts.is_some_and(|l| frame.ts_us - l > cfg.gap_us);
             let long = frame.key && frame.ts_us - first >= cfg.segment_duration_us;
-            let big =
-                s.frames > 0 && s.len() + frame.payload.len() as u64 + 64 > cfg.segment_bytes_max;
+            let big = s.frames > 0 && s.len() + frame.payload.len() as u64 + 64 > cfg.segment_bytes_max;
             gap || long || big || s.is_full()
         });
         if roll {
-            self.shared
-                .seal_current(&inner, &mut st)
-                .inspect_err(|e| poison(&mut st, e))?;
+            self.shared.seal_current(&inner, &mut st).inspect_err(|e| poison(&mut st, e))?;
         }
         let own = st.seg.as_ref().filter(|s| s.frames > 0).map(|s| s.id);
         let idx = inner.camera_index(&self.shared.camera);
@@ -298,9 +267,7 @@ impl StreamWriter {
                         id: seg.id,
                         first_ts_us: frame.ts_us,
                         last_ts_us: frame.ts_us,
-                        state: EntryState::Open {
-                            view: seg.view.clone(),
-                        },
+                        state: EntryState::Open { view: seg.view.clone() },
                     };
                     idx.segments.insert(frame.ts_us, entry);
                 }
@@ -327,14 +294,8 @@ impl StreamWriter {
         st.last_ts = Some(frame.ts_us);
         st.seq += 1;
         let seq = st.seq;
-        inner
-            .metrics
-            .frames_appended
-            .fetch_add(1, Ordering::Relaxed);
-        inner
-            .metrics
-            .payload_bytes_appended
-            .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+        inner.metrics.frames_appended.fetch_add(1, Ordering::Relaxed);
+        inner.metrics.payload_bytes_appended.fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
         if cfg.flush == FlushPolicy::EveryKeyFrame && frame.key && seq > 1 {
             drop(st);
             self.shared.sync(&inner)?;
@@ -356,12 +317,7 @@ impl StreamWriter {
             if now >= deadline {
                 return Ok(false);
             }
-            d = self
-                .shared
-                .durable_cv
-                .wait_timeout(d, deadline - now)
-                .map_err(|_| Error::Poisoned("durable lock".into()))?
-                .0;
+            d = self.shared.durable_cv.wait_timeout(d, deadline - now).map_err(|_| Error::Poisoned("durable lock".into()))?.0;
         }
         Ok(true)
     }
@@ -387,9 +343,7 @@ impl StreamWriter {
         if let Some(p) = &st.poisoned {
             return Err(Error::Poisoned(p.clone()));
         }
-        self.shared
-            .seal_current(&self.inner, &mut st)
-            .inspect_err(|e| poison(&mut st, e))
+        self.shared.seal_current(&self.inner, &mut st).inspect_err(|e| poison(&mut st, e))
     }
 }
 
@@ -423,24 +377,10 @@ pub(crate) fn check_config(config: &[u8]) -> Result<()> {
 }
 
 fn overlap(camera: &str, ts_us: i64, e: &IndexEntry) -> Error {
-    Error::Overlap {
-        camera: camera.to_string(),
-        ts_us,
-        segment: e.id,
-        first_ts_us: e.first_ts_us,
-        last_ts_us: e.last_ts_us,
-    }
+    Error::Overlap { camera: camera.to_string(), ts_us, segment: e.id, first_ts_us: e.first_ts_us, last_ts_us: e.last_ts_us }
 }
 
 /// Header for a new segment.
-pub(crate) fn new_header(
-    segment: crate::SegmentId,
-    camera: &str,
-    created_us: i64,
-) -> SegmentHeader {
-    SegmentHeader {
-        segment,
-        created_us,
-        camera: camera.to_string(),
-    }
+pub(crate) fn new_header(segment: crate::SegmentId, camera: &str, created_us: i64) -> SegmentHeader {
+    SegmentHeader { segment, created_us, camera: camera.to_string() }
 }
