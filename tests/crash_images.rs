@@ -77,7 +77,7 @@ fn check(store: &Store, out: &Outcome, what: &str) {
         for (n, f) in got.iter().enumerate() {
             let n = n as u64;
             assert_eq!(f.ts_us, frame_ts(c, n), "{what}: {cam} frame {n}");
-            assert_eq!(f.payload.as_ref(), payload(cam, n, n % 25 == 0).as_slice(), "{what}: {cam} frame {n} bytes");
+            assert_eq!(f.payload.as_ref(), payload(cam, n, n.is_multiple_of(25)).as_slice(), "{what}: {cam} frame {n} bytes");
             max_seg = max_seg.max(f.segment.0);
         }
     }

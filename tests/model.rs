@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop, reason = "the reference keeps parallel per-camera arrays")]
 //! Model test: random appends, flushes, crashes and reopens against a simple in-memory
 //! reference (what was appended, and how much of it was reported durable).
 

@@ -41,7 +41,7 @@ fn many_cameras_round_trip_byte_exact() {
             let n = n as u64;
             assert_eq!(f.ts_us, T0_US + n as i64 * FRAME_US + c as i64);
             assert_eq!(f.pts_90k, Some(n as i64 * 3600));
-            assert_eq!(f.key, n % 25 == 0);
+            assert_eq!(f.key, n.is_multiple_of(25));
             assert_eq!(f.payload.as_ref(), payload(&cam, n, f.key).as_slice());
         }
         let segs = store.segments(&cam, i64::MIN + 1, i64::MAX).expect("segments");

@@ -1,3 +1,4 @@
+#![allow(missing_docs, reason = "criterion_group! generates an undocumented public function")]
 //! Criterion benches for the hot paths, each beside its baseline in the same group:
 //! append (encrypt + CRC + buffer) against a plain copy of the same bytes; seal; index lookup
 //! and store open on a 1,000-camera x 30-day catalog.

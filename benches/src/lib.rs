@@ -43,7 +43,7 @@ impl Profile {
         let gop_bytes = self.bitrate_bps / 8 * u64::from(self.gop_frames) / u64::from(self.fps);
         let units = u64::from(self.key_ratio) + u64::from(self.gop_frames) - 1;
         let p = gop_bytes / units;
-        let key = (n + u64::from(phase)) % u64::from(self.gop_frames) == 0;
+        let key = (n + u64::from(phase)).is_multiple_of(u64::from(self.gop_frames));
         let base = if key { p * u64::from(self.key_ratio) } else { p };
         let jitter = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as i64 - 32; // -32..31
         let size = (base as i64 + base as i64 * jitter / 256).max(64) as usize;

@@ -39,29 +39,11 @@ fn main() {
         let sc = Scenario { streams: n, profile, seconds, threads: 2, flush: Duration::from_secs(1) };
         let dir = base.join(format!("s{n}"));
         let _ = std::fs::remove_dir_all(&dir);
-        let raw = match run_raw(&dir.join("raw"), &sc, &payload) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("raw baseline failed: {e}");
-                std::process::exit(1);
-            }
-        };
+        let raw = run_raw(&dir.join("raw"), &sc, &payload).unwrap_or_else(|e| fail("raw baseline", e));
         let _ = std::fs::remove_dir_all(dir.join("raw"));
-        let eng = match run_engine(&dir.join("engine"), &sc, &payload) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("engine run failed: {e}");
-                std::process::exit(1);
-            }
-        };
+        let eng = run_engine(&dir.join("engine"), &sc, &payload).unwrap_or_else(|e| fail("engine run", e));
         let _ = std::fs::remove_dir_all(dir.join("engine"));
-        let seq = match run_sequential(&dir.join("seq"), raw.payload_bytes, sc.flush) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("sequential baseline failed: {e}");
-                std::process::exit(1);
-            }
-        };
+        let seq = run_sequential(&dir.join("seq"), raw.payload_bytes, sc.flush).unwrap_or_else(|e| fail("sequential baseline", e));
         let _ = std::fs::remove_dir_all(&dir);
         let ok = eng.verified_frames == eng.frames;
         failed |= !ok;
@@ -82,4 +64,9 @@ fn main() {
     if failed {
         std::process::exit(1);
     }
+}
+
+fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    eprintln!("{what} failed: {e}");
+    std::process::exit(1);
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::io::{read_exact_at, Vfs, VfsFile};
 use crate::keys::{wrap_aad, DataKey, KekId, KekProvider, WRAPPED_KEY_BYTES_MAX};
+use crate::segment::format::{le_u32, le_u64};
 use crate::{Error, Result, SegmentId};
 
 const MAGIC: &[u8; 8] = b"CAMVKEYS";
@@ -71,18 +72,6 @@ fn encode_header(generation: u64, kek: KekId, created_us: i64) -> [u8; HEADER_LE
     let crc = crc32fast::hash(&h[..H_CRC]);
     h[H_CRC..].copy_from_slice(&crc.to_le_bytes());
     h
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
 }
 
 /// Encodes one record; `wrapped` must fit [`WRAPPED_KEY_BYTES_MAX`].
