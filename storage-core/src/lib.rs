@@ -29,6 +29,7 @@ mod config;
 mod error;
 pub mod io;
 pub mod keys;
+mod log;
 mod segment;
 mod store;
 #[doc(hidden)]

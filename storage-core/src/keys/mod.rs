@@ -10,7 +10,7 @@ mod key_store;
 pub use data_key::DataKey;
 pub(crate) use data_key::{random_bytes, SegmentCipher};
 pub use file_kek::FileKekProvider;
-pub use key_store::KeyStore;
+pub use key_store::{inspect, KeyStore, Rotation};
 
 use crate::{Result, SegmentId};
 
