@@ -20,6 +20,7 @@ pub fn test_config() -> StoreConfig {
     c.flush = FlushPolicy::OsWriteBack;
     c.segment_duration_us = 2_000_000;
     c.flusher_threads = 2;
+    c.sweep_interval = None;
     c
 }
 

@@ -52,6 +52,10 @@ pub struct StoreConfig {
     pub flush: FlushPolicy,
     /// Threads issuing fsyncs during a group commit.
     pub flusher_threads: usize,
+    /// Retention of cameras without their own setting, in days (at least 30).
+    pub retention_days_default: u32,
+    /// How often the background sweeper runs; `None` runs sweeps only on demand.
+    pub sweep_interval: Option<Duration>,
 }
 
 impl StoreConfig {
@@ -68,6 +72,8 @@ impl StoreConfig {
             gap_us: 5_000_000,
             flush: FlushPolicy::Interval(Duration::from_secs(1)),
             flusher_threads: 4,
+            retention_days_default: crate::retention::RETENTION_DAYS_MIN,
+            sweep_interval: Some(Duration::from_secs(3600)),
         }
     }
 
@@ -89,6 +95,8 @@ impl StoreConfig {
                 return Err(Error::InvalidArgument("flush interval must be within (0, 60 s]".into()));
             }
         }
+        crate::retention::check_days(self.retention_days_default)
+            .map_err(|e| Error::InvalidArgument(format!("configuration refused: retention_days_default: {e}")))?;
         if self.key_dir.starts_with(self.root.join("segments")) {
             return Err(Error::InvalidArgument("key_dir must not lie inside the segments directory".into()));
         }

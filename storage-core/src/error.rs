@@ -57,6 +57,11 @@ pub enum Error {
         max: u64,
     },
 
+    /// The request is well formed but the state forbids it: a legal hold, the retention floor,
+    /// unexpired video, open streams.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+
     /// Nothing stored matches (unknown camera, unknown segment).
     #[error("not found: {0}")]
     NotFound(String),

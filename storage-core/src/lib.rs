@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod audit;
 mod catalog;
 pub mod clock;
 mod config;
@@ -30,7 +31,9 @@ mod error;
 pub mod io;
 pub mod keys;
 mod log;
+pub mod retention;
 mod segment;
+pub mod signing;
 mod store;
 #[doc(hidden)]
 pub mod testing;
@@ -46,8 +49,8 @@ pub use segment::format::CAMERA_ID_BYTES_MAX;
 pub use segment::writer::WRITE_BATCH_BYTES;
 pub use segment::{Codec, CODEC_CONFIG_BYTES_MAX, FRAME_BYTES_MAX};
 pub use store::{
-    CodecConfig, CorruptionReport, Env, Frame, FrameIn, FrameReader, Metrics, ReadItem, Recordings, SegmentSummary, Span, Store,
-    StreamWriter,
+    CodecConfig, CorruptionReport, Env, EraseCertificate, Frame, FrameIn, FrameReader, Metrics, ReadItem, Recordings, SegmentSummary, Span,
+    Store, StreamWriter, SweepReport,
 };
 
 /// Identifies a segment; allocated in increasing order, never reused.

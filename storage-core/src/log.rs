@@ -102,9 +102,8 @@ impl RecordLog {
                 break;
             }
             let plen = if avail.len() >= FRAME_LEN { le_u32(avail, 4) as usize } else { usize::MAX };
-            let ok = plen <= payload_max
-                && avail.len() >= FRAME_LEN + plen
-                && crc32fast::hash(&avail[4..FRAME_LEN + plen]) == le_u32(avail, 0);
+            let ok =
+                plen <= payload_max && avail.len() >= FRAME_LEN + plen && crc32fast::hash(&avail[4..FRAME_LEN + plen]) == le_u32(avail, 0);
             if !ok {
                 let rest = file_len - pos;
                 if rest > record_max as u64 {
@@ -154,10 +153,5 @@ impl RecordLog {
     /// Whether an earlier fsync failed.
     pub(crate) fn poisoned(&self) -> Option<&str> {
         self.poisoned.as_deref()
-    }
-
-    /// The log's path.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
     }
 }

@@ -42,6 +42,7 @@ pub(crate) enum CatalogRecord {
     Open { segment: SegmentId, created_us: i64, camera: String },
     Sealed { segment: SegmentId, info: SealedInfo },
     Dropped { segment: SegmentId },
+    Erased { segment: SegmentId },
 }
 
 impl CatalogRecord {
@@ -69,6 +70,10 @@ impl CatalogRecord {
             CatalogRecord::Dropped { segment } => {
                 p.extend_from_slice(&segment.0.to_le_bytes());
                 3
+            }
+            CatalogRecord::Erased { segment } => {
+                p.extend_from_slice(&segment.0.to_le_bytes());
+                4
             }
         };
         debug_assert!(p.len() <= RECORD_PAYLOAD_BYTES_MAX);
@@ -98,6 +103,7 @@ impl CatalogRecord {
                 },
             }),
             (3, 8) => Some(CatalogRecord::Dropped { segment: SegmentId(le_u64(p, 0)) }),
+            (4, 8) => Some(CatalogRecord::Erased { segment: SegmentId(le_u64(p, 0)) }),
             _ => None,
         }
     }
@@ -143,7 +149,7 @@ impl Catalog {
                     Some(e) => e.sealed = Some(info),
                     None => return Err(corrupt(format!("segment {} sealed but never opened", segment.0))),
                 },
-                CatalogRecord::Dropped { segment } => {
+                CatalogRecord::Dropped { segment } | CatalogRecord::Erased { segment } => {
                     entries.remove(&segment);
                 }
             }

@@ -138,7 +138,11 @@ fn decode_header(h: &[u8]) -> Option<Header> {
     if len > WRAPPED_KEY_BYTES_MAX || u16::from_le_bytes([h[H_RECORD_LEN], h[H_RECORD_LEN + 1]]) as usize != RECORD_LEN {
         return None;
     }
-    Some(Header { generation: le_u64(h, H_GENERATION), kek: KekId(le_u64(h, H_KEK_ID)), wrapped_gk: h[H_WRAPPED_GK..H_WRAPPED_GK + len].to_vec() })
+    Some(Header {
+        generation: le_u64(h, H_GENERATION),
+        kek: KekId(le_u64(h, H_KEK_ID)),
+        wrapped_gk: h[H_WRAPPED_GK..H_WRAPPED_GK + len].to_vec(),
+    })
 }
 
 /// Encodes one record; `wrapped` must fit [`WRAPPED_KEY_BYTES_MAX`].
@@ -220,7 +224,11 @@ fn unwrap_dk(gk: &SegmentCipher, segment: SegmentId, wrapped: &[u8]) -> Result<D
 fn read_header(file: &dyn VfsFile, path: &Path) -> Result<Header> {
     let mut h = [0u8; HEADER_LEN];
     read_exact_at(file, &mut h, 0).map_err(|e| Error::io("read key store header", path, e))?;
-    decode_header(&h).ok_or_else(|| Error::Corrupt { path: path.to_path_buf(), offset: Some(0), detail: "key store header fails its check".into() })
+    decode_header(&h).ok_or_else(|| Error::Corrupt {
+        path: path.to_path_buf(),
+        offset: Some(0),
+        detail: "key store header fails its check".into(),
+    })
 }
 
 /// Writes a new generation file (temporary name, fsync, rename, fsync dir) holding `records`.
@@ -289,7 +297,19 @@ impl KeyStore {
         gens.sort_unstable();
         let Some(&newest) = gens.last() else {
             let (path, file, kek, gk, _, _) = write_generation(&vfs, dir, &provider, 1, now_us, |_, _| Ok(()))?;
-            let ks = KeyStore { vfs, dir: dir.to_path_buf(), path, file, generation: 1, kek, gk, provider, records: 0, last_segment: None, poisoned: None };
+            let ks = KeyStore {
+                vfs,
+                dir: dir.to_path_buf(),
+                path,
+                file,
+                generation: 1,
+                kek,
+                gk,
+                provider,
+                records: 0,
+                last_segment: None,
+                poisoned: None,
+            };
             ks.destroy_unused_keks()?;
             return Ok(ks);
         };
@@ -460,14 +480,23 @@ impl KeyStore {
             while done < records {
                 let n = (records - done).min(ROTATE_BATCH_RECORDS as u64) as usize;
                 let off = HEADER_LEN as u64 + done * RECORD_LEN as u64;
-                let got = read_up_to(src.as_ref(), &mut buf[..n * RECORD_LEN], off).map_err(|e| Error::io("read key store", &old_path, e))?;
+                let got =
+                    read_up_to(src.as_ref(), &mut buf[..n * RECORD_LEN], off).map_err(|e| Error::io("read key store", &old_path, e))?;
                 if got != n * RECORD_LEN {
-                    return Err(Error::Corrupt { path: old_path.clone(), offset: Some(off), detail: "key store shorter than its records".into() });
+                    return Err(Error::Corrupt {
+                        path: old_path.clone(),
+                        offset: Some(off),
+                        detail: "key store shorter than its records".into(),
+                    });
                 }
                 for (i, r) in buf[..got].chunks(RECORD_LEN).enumerate() {
                     let Some((seg, wrapped)) = decode_record(r) else {
                         let at = off + (i * RECORD_LEN) as u64;
-                        return Err(Error::Corrupt { path: old_path.clone(), offset: Some(at), detail: "key store record fails its CRC".into() });
+                        return Err(Error::Corrupt {
+                            path: old_path.clone(),
+                            offset: Some(at),
+                            detail: "key store record fails its CRC".into(),
+                        });
                     };
                     if remove.contains(&seg) {
                         removed.push(seg);

@@ -1,6 +1,7 @@
 //! The store: the engine's public face. Owns the catalog, the key store, the camera/time index
 //! and the group-commit flusher; hands out [`StreamWriter`]s and [`FrameReader`]s.
 
+mod erase;
 mod index;
 mod read;
 mod recover;
@@ -12,13 +13,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 
+pub use erase::{EraseCertificate, SweepReport};
 pub use read::{CodecConfig, Frame, FrameReader, ReadItem};
 pub use stream::{FrameIn, StreamWriter};
 
+use crate::audit::AuditLog;
 use crate::catalog::{Catalog, CatalogRecord, SealedInfo};
 use crate::clock::{Clock, SystemClock};
 use crate::io::{StdVfs, Vfs};
 use crate::keys::{DataKey, FileKekProvider, KekProvider, KeyStore};
+use crate::retention::ControlState;
 use crate::segment::format::{check_camera_id, HEADER_LEN};
 use crate::segment::reader::{read_footer, RecordCursor, Stop};
 use crate::segment::writer::{segment_file_name, SegmentWriter};
@@ -57,10 +61,12 @@ pub struct Metrics {
     pub fsync_failures: AtomicU64,
     /// Writes refused because the disk was full.
     pub no_space_refusals: AtomicU64,
+    /// Segments crypto-erased.
+    pub segments_erased: AtomicU64,
 }
 
 /// A recorded stretch or a gap, `[start_us, end_us]` by frame timestamps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Span {
     /// First frame time (or the gap's start).
     pub start_us: i64,
@@ -107,12 +113,16 @@ pub(crate) struct Inner {
     shutdown: Mutex<bool>,
     shutdown_cv: Condvar,
     no_space: AtomicBool,
+    pub control: Mutex<ControlState>,
+    pub audit: Mutex<AuditLog>,
+    pub decommissioned: AtomicBool,
 }
 
 /// The segment store. Cheap to share: clone the `Arc` it lives in, or share `&Store`.
 pub struct Store {
     inner: Arc<Inner>,
     flusher: Option<JoinHandle<()>>,
+    sweeper: Option<JoinHandle<()>>,
 }
 
 /// What a store runs on: file system, clock, KEK provider.
@@ -151,6 +161,9 @@ impl Store {
         vfs.create_dir_all(&seg_root).map_err(|e| Error::io("create segments directory", &seg_root, e))?;
         let keys = KeyStore::open(vfs.clone(), &config.key_dir, kek, env.clock.now_us())?;
         let loaded = Catalog::open(&vfs, &config.root.join("catalog"))?;
+        let signer = crate::signing::load_or_create(&vfs, &config.key_dir)?;
+        let audit = AuditLog::open(&vfs, &config.root.join("audit"), signer)?;
+        let control = ControlState::open(&vfs, &config.root.join("control"), config.retention_days_default)?;
         let next = loaded.max_segment.max(keys.last_segment()).map_or(1, |s| s.0 + 1);
         let inner = Arc::new(Inner {
             config,
@@ -169,8 +182,12 @@ impl Store {
             shutdown: Mutex::new(false),
             shutdown_cv: Condvar::new(),
             no_space: AtomicBool::new(false),
+            control: Mutex::new(control),
+            audit: Mutex::new(audit),
+            decommissioned: AtomicBool::new(false),
         });
         recover::recover(&inner, loaded.entries)?;
+        inner.resume_erasures()?;
         let flusher = match inner.config.flush {
             FlushPolicy::Interval(period) => {
                 let weak = Arc::downgrade(&inner);
@@ -182,7 +199,18 @@ impl Store {
             }
             _ => None,
         };
-        Ok(Store { inner, flusher })
+        let sweeper = match inner.config.sweep_interval {
+            Some(period) => {
+                let weak = Arc::downgrade(&inner);
+                let handle = std::thread::Builder::new()
+                    .name("camvault-sweeper".into())
+                    .spawn(move || sweeper_loop(weak, period))
+                    .map_err(|e| Error::io("spawn sweeper thread", PathBuf::new(), e))?;
+                Some(handle)
+            }
+            None => None,
+        };
+        Ok(Store { inner, flusher, sweeper })
     }
 
     /// Opens a stream for `camera` with its codec and configuration (parameter sets, may be
@@ -375,6 +403,9 @@ impl Drop for Store {
         if let Some(h) = self.flusher.take() {
             let _ = h.join();
         }
+        if let Some(h) = self.sweeper.take() {
+            let _ = h.join();
+        }
         if let Err(e) = flush_all(&self.inner) {
             tracing::error!(error = %e, "final flush at store shutdown failed");
         }
@@ -402,6 +433,28 @@ fn flusher_loop(inner: Weak<Inner>, period: std::time::Duration) {
         }
         if let Err(e) = flush_all(&strong) {
             tracing::error!(error = %e, "group commit failed for at least one stream");
+        }
+    }
+}
+
+/// Waits `period` (or shutdown), then sweeps; a failed sweep is logged and retried next period.
+fn sweeper_loop(inner: Weak<Inner>, period: std::time::Duration) {
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        {
+            let Ok(guard) = strong.shutdown.lock() else { return };
+            if *guard {
+                return;
+            }
+            let Ok((guard, _)) = strong.shutdown_cv.wait_timeout(guard, period) else { return };
+            if *guard {
+                return;
+            }
+        }
+        match strong.sweep(None, "system") {
+            Ok(r) if r.erased() > 0 => tracing::info!(erased = r.erased(), held_back = r.held_back, "retention sweep"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "retention sweep failed; it will run again"),
         }
     }
 }
@@ -469,6 +522,9 @@ impl Inner {
     }
 
     pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.decommissioned.load(Ordering::SeqCst) {
+            return Err(Error::FailedPrecondition("this volume was decommissioned".into()));
+        }
         if let Ok(c) = self.catalog.lock() {
             if let Some(p) = c.poisoned() {
                 return Err(Error::Poisoned(p.to_string()));

@@ -1,0 +1,491 @@
+//! Retention sweeps, explicit erasure, legal holds, decommissioning and the audit API
+//! (DESIGN.md "Lifecycle: erase" and "Legal holds").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::MutexGuard;
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{verify_file, AuditEntry, AuditQuery, AuditRecord, AuditVerification};
+use crate::catalog::CatalogRecord;
+use crate::retention::{
+    check_days, check_text, ControlRecord, ControlState, EraseIntent, EraseReceipt, ErasedSegment, Hold, HoldRelease, HoldRequest,
+    ERASE_BATCH_SEGMENTS_MAX, HOLD_CAMERAS_MAX, US_PER_DAY,
+};
+use crate::segment::format::check_camera_id;
+use crate::segment::writer::kfi_file_name;
+use crate::signing::{hex, sign_hex, verify_hex};
+use crate::store::index::EntryState;
+use crate::store::{Inner, Store};
+use crate::{Error, Result, SegmentId};
+
+/// What a sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// One receipt per erase batch.
+    pub receipts: Vec<EraseReceipt>,
+    /// Expired segments kept because a legal hold covers them.
+    pub held_back: usize,
+}
+
+impl SweepReport {
+    /// Segments erased by the sweep.
+    pub fn erased(&self) -> usize {
+        self.receipts.iter().map(|r| r.intent.segments.len()).sum()
+    }
+}
+
+/// A signed record of a decommissioned volume (TN 11.4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EraseCertificate {
+    /// The certificate, as canonical JSON: what was destroyed, when, by whom.
+    pub document: String,
+    /// Hex Ed25519 signature of `document`'s bytes.
+    pub signature: String,
+    /// Hex Ed25519 public key of the store that signed.
+    pub public_key: String,
+}
+
+impl EraseCertificate {
+    /// Whether the signature verifies under `public_key_hex` (pass the key you trust, not the
+    /// one inside the certificate, unless you only check integrity).
+    pub fn verify(&self, public_key_hex: &str) -> bool {
+        verify_hex(public_key_hex, self.document.as_bytes(), &self.signature)
+    }
+}
+
+fn lock<'a, T>(m: &'a std::sync::Mutex<T>, what: &str) -> Result<MutexGuard<'a, T>> {
+    m.lock().map_err(|_| Error::Poisoned(format!("{what} lock")))
+}
+
+impl Inner {
+    pub(crate) fn audit_append(&self, record: AuditRecord) -> Result<AuditEntry> {
+        lock(&self.audit, "audit")?.append(self.clock.now_us(), record)
+    }
+
+    /// Every sealed segment, with its camera, that is expired and not held, at most `limit`.
+    fn plan(&self, ctl: &ControlState, only: Option<&str>, limit: usize) -> Result<(Vec<ErasedSegment>, usize)> {
+        let now = self.clock.now_us();
+        let cams: Vec<(String, _)> =
+            self.cameras.read().map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        let mut out = Vec::new();
+        let mut held = 0;
+        for (camera, idx) in cams {
+            if only.is_some_and(|o| o != camera) {
+                continue;
+            }
+            let cutoff = now.saturating_sub(i64::from(ctl.days(&camera)) * US_PER_DAY);
+            let idx = lock(&idx, "index")?;
+            for e in idx.segments.values() {
+                if e.last_ts_us >= cutoff {
+                    // Sorted by time: the rest of this camera is younger.
+                    break;
+                }
+                if !matches!(e.state, EntryState::Sealed(_)) {
+                    continue;
+                }
+                if !ctl.holding(&camera, e.first_ts_us, e.last_ts_us).is_empty() {
+                    held += 1;
+                    continue;
+                }
+                out.push(ErasedSegment { segment: e.id.0, camera: camera.clone(), first_ts_us: e.first_ts_us, last_ts_us: e.last_ts_us });
+                if out.len() >= limit {
+                    return Ok((out, held));
+                }
+            }
+        }
+        Ok((out, held))
+    }
+
+    /// Makes an erasure durable as an intent, then drops its segments from the index: from
+    /// here on nothing reads them and no hold can claim them.
+    fn commit_intent(&self, ctl: &mut ControlState, rule: &str, actor: &str, segments: Vec<ErasedSegment>) -> Result<EraseIntent> {
+        let intent = EraseIntent { erase_id: ctl.next_erase, rule: rule.into(), actor: actor.into(), at_us: self.clock.now_us(), segments };
+        ctl.append(&ControlRecord::EraseIntent(intent.clone()))?;
+        ctl.next_erase += 1;
+        ctl.pending.insert(intent.erase_id, intent.clone());
+        self.unindex(&intent.segments)?;
+        Ok(intent)
+    }
+
+    pub(crate) fn unindex(&self, segments: &[ErasedSegment]) -> Result<()> {
+        for s in segments {
+            let idx = self.camera_index(&s.camera);
+            let mut idx = lock(&idx, "index")?;
+            if idx.segments.get(&s.first_ts_us).is_some_and(|e| e.id.0 == s.segment) {
+                idx.segments.remove(&s.first_ts_us);
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out an intent (idempotent, so recovery can run it again): rotate the key store
+    /// without the segments' keys and destroy the old KEK; unlink the files; catalog Erased;
+    /// audit receipt; control EraseDone.
+    pub(crate) fn run_erase(&self, ctl: &mut ControlState, intent: &EraseIntent) -> Result<EraseReceipt> {
+        let ids: BTreeSet<SegmentId> = intent.segments.iter().map(|s| SegmentId(s.segment)).collect();
+        let rotation = lock(&self.keys, "key store")?.rotate(&ids, self.clock.now_us())?;
+        let mut dirs = BTreeSet::new();
+        for s in &intent.segments {
+            let seg = self.segment_path(&s.camera, SegmentId(s.segment));
+            let kfi = self.seg_root().join(&s.camera).join(kfi_file_name(SegmentId(s.segment)));
+            for p in [seg, kfi] {
+                if self.vfs.exists(&p) {
+                    self.vfs.remove_file(&p).map_err(|e| Error::io("unlink erased segment", &p, e))?;
+                }
+            }
+            dirs.insert(self.seg_root().join(&s.camera));
+        }
+        for d in dirs {
+            if self.vfs.exists(&d) {
+                self.vfs.sync_dir(&d).map_err(|e| Error::io("fsync camera directory", &d, e))?;
+            }
+        }
+        let recs: Vec<CatalogRecord> = ids.iter().map(|&segment| CatalogRecord::Erased { segment }).collect();
+        lock(&self.catalog, "catalog")?.append_many(&recs)?;
+        let receipt = EraseReceipt {
+            intent: intent.clone(),
+            keys_destroyed: rotation.removed.iter().map(|s| s.0).collect(),
+            kek_destroyed: rotation.destroyed_kek.0,
+            key_generations: rotation.generations,
+            completed_us: self.clock.now_us(),
+        };
+        let cameras: BTreeSet<String> = intent.segments.iter().map(|s| s.camera.clone()).collect();
+        self.audit_append(AuditRecord {
+            actor: intent.actor.clone(),
+            action: "erase".into(),
+            cameras: cameras.into_iter().collect(),
+            from_us: intent.segments.iter().map(|s| s.first_ts_us).min(),
+            to_us: intent.segments.iter().map(|s| s.last_ts_us).max(),
+            justification: intent.rule.clone(),
+            detail: serde_json::to_value(&receipt).unwrap_or_default(),
+            ..AuditRecord::default()
+        })?;
+        ctl.append(&ControlRecord::EraseDone { erase_id: intent.erase_id, at_us: receipt.completed_us })?;
+        ctl.pending.remove(&intent.erase_id);
+        self.metrics.segments_erased.fetch_add(intent.segments.len() as u64, Ordering::Relaxed);
+        tracing::info!(erase_id = intent.erase_id, rule = %intent.rule, segments = intent.segments.len(), kek = rotation.destroyed_kek.0, "crypto-erase complete");
+        Ok(receipt)
+    }
+
+    /// At open: erasures decided before a crash are finished before anything else.
+    pub(crate) fn resume_erasures(&self) -> Result<()> {
+        let mut ctl = lock(&self.control, "control")?;
+        let pending: Vec<EraseIntent> = ctl.pending.values().cloned().collect();
+        for intent in pending {
+            tracing::warn!(erase_id = intent.erase_id, "finishing an erasure interrupted by a crash");
+            self.unindex(&intent.segments)?;
+            self.run_erase(&mut ctl, &intent)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn sweep(&self, only: Option<&str>, actor: &str) -> Result<SweepReport> {
+        let mut ctl = lock(&self.control, "control")?;
+        let mut report = SweepReport::default();
+        loop {
+            let (batch, held) = self.plan(&ctl, only, ERASE_BATCH_SEGMENTS_MAX)?;
+            report.held_back = report.held_back.max(held);
+            if batch.is_empty() {
+                return Ok(report);
+            }
+            let intent = self.commit_intent(&mut ctl, "retention", actor, batch)?;
+            report.receipts.push(self.run_erase(&mut ctl, &intent)?);
+        }
+    }
+}
+
+impl Store {
+    /// Runs a retention sweep now: every sealed segment whose newest frame is older than its
+    /// camera's retention, and that no hold covers, is crypto-erased. Idempotent.
+    pub fn sweep(&self) -> Result<SweepReport> {
+        self.inner.sweep(None, "system")
+    }
+
+    /// Sweeps one camera now, on an operator's request (same rules: expired and unheld only).
+    pub fn sweep_camera(&self, camera: &str, actor: &str) -> Result<SweepReport> {
+        check_camera_id(camera)?;
+        check_text("actor", actor, true)?;
+        self.inner.sweep(Some(camera), actor)
+    }
+
+    /// Erases the given segments now. Refused, erasing nothing, if any of them is unknown,
+    /// still being written, unexpired or held.
+    pub fn erase_segments(&self, segments: &[SegmentId], actor: &str, reason: &str) -> Result<EraseReceipt> {
+        check_text("actor", actor, true)?;
+        check_text("reason", reason, true)?;
+        let mut ctl = lock(&self.inner.control, "control")?;
+        let now = self.inner.clock.now_us();
+        let mut chosen = Vec::new();
+        let mut refusals = Vec::new();
+        let cams: Vec<(String, _)> =
+            self.inner.cameras.read().map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        let wanted: BTreeSet<SegmentId> = segments.iter().copied().collect();
+        let mut found = BTreeSet::new();
+        for (camera, idx) in cams {
+            let cutoff = now.saturating_sub(i64::from(ctl.days(&camera)) * US_PER_DAY);
+            let idx = lock(&idx, "index")?;
+            for e in idx.segments.values().filter(|e| wanted.contains(&e.id)) {
+                found.insert(e.id);
+                let holds = ctl.holding(&camera, e.first_ts_us, e.last_ts_us);
+                if !holds.is_empty() {
+                    refusals.push(format!("segment {} is under legal hold {holds:?}", e.id.0));
+                } else if e.last_ts_us >= cutoff {
+                    refusals.push(format!("segment {} of {camera} is unexpired (retention {} days)", e.id.0, ctl.days(&camera)));
+                } else if !matches!(e.state, EntryState::Sealed(_)) {
+                    refusals.push(format!("segment {} is still being written", e.id.0));
+                } else {
+                    chosen.push(ErasedSegment {
+                        segment: e.id.0,
+                        camera: camera.clone(),
+                        first_ts_us: e.first_ts_us,
+                        last_ts_us: e.last_ts_us,
+                    });
+                }
+            }
+        }
+        for s in wanted.difference(&found) {
+            refusals.push(format!("segment {} is not stored", s.0));
+        }
+        if !refusals.is_empty() {
+            return Err(Error::FailedPrecondition(format!("nothing erased: {}", refusals.join("; "))));
+        }
+        if chosen.len() > ERASE_BATCH_SEGMENTS_MAX {
+            return Err(Error::LimitExceeded {
+                what: "segments per erase",
+                actual: chosen.len() as u64,
+                max: ERASE_BATCH_SEGMENTS_MAX as u64,
+            });
+        }
+        let mut intent = self.inner.commit_intent(&mut ctl, "explicit", actor, chosen)?;
+        intent.rule = format!("explicit: {reason}");
+        self.inner.run_erase(&mut ctl, &intent)
+    }
+
+    /// Sets `camera`'s retention in days. Below the 30-day floor is refused
+    /// (`FailedPrecondition`); audited.
+    pub fn set_retention(&self, camera: &str, days: u32, actor: &str, reason: &str) -> Result<()> {
+        check_camera_id(camera)?;
+        check_days(days)?;
+        check_text("actor", actor, true)?;
+        check_text("reason", reason, false)?;
+        let mut ctl = lock(&self.inner.control, "control")?;
+        let before = ctl.days(camera);
+        let at_us = self.inner.clock.now_us();
+        ctl.append(&ControlRecord::RetentionSet { camera: camera.into(), days, actor: actor.into(), reason: reason.into(), at_us })?;
+        ctl.per_camera.insert(camera.into(), days);
+        drop(ctl);
+        self.inner.audit_append(AuditRecord {
+            actor: actor.into(),
+            action: "retention.set".into(),
+            cameras: vec![camera.into()],
+            detail: serde_json::json!({ "days": days, "previous_days": before, "reason": reason }),
+            ..AuditRecord::default()
+        })?;
+        Ok(())
+    }
+
+    /// `camera`'s retention in days.
+    pub fn retention_days(&self, camera: &str) -> Result<u32> {
+        Ok(lock(&self.inner.control, "control")?.days(camera))
+    }
+
+    /// The default retention and the per-camera overrides.
+    pub fn retention_policy(&self) -> Result<(u32, BTreeMap<String, u32>)> {
+        let ctl = lock(&self.inner.control, "control")?;
+        Ok((ctl.default_days, ctl.per_camera.iter().map(|(k, v)| (k.clone(), *v)).collect()))
+    }
+
+    /// Places a legal hold. Once this returns the hold is durable and nothing it covers can be
+    /// erased; the hold lists the spans it actually protects (video erased before it was placed
+    /// is not among them).
+    pub fn place_hold(&self, request: HoldRequest) -> Result<Hold> {
+        check_text("case reference", &request.case_ref, true)?;
+        check_text("placed_by", &request.placed_by, true)?;
+        check_text("reason", &request.reason, true)?;
+        if request.cameras.is_empty() || request.cameras.len() > HOLD_CAMERAS_MAX {
+            return Err(Error::InvalidArgument(format!("a hold names 1..={HOLD_CAMERAS_MAX} cameras")));
+        }
+        for c in &request.cameras {
+            check_camera_id(c)?;
+        }
+        if request.from_us >= request.to_us {
+            return Err(Error::InvalidArgument("a hold's range must end after it starts".into()));
+        }
+        // Under the control lock: no sweep can pick segments between computing the protected
+        // spans and the hold becoming durable.
+        let mut ctl = lock(&self.inner.control, "control")?;
+        let mut protected = BTreeMap::new();
+        for c in &request.cameras {
+            let spans = self.recordings(c, request.from_us, request.to_us)?.spans;
+            protected.insert(c.clone(), spans);
+        }
+        let hold = Hold { id: ctl.next_hold, request, placed_us: self.inner.clock.now_us(), protected, released: None };
+        ctl.append(&ControlRecord::HoldPlaced(hold.clone()))?;
+        ctl.next_hold += 1;
+        ctl.holds.insert(hold.id, hold.clone());
+        drop(ctl);
+        self.inner.audit_append(AuditRecord {
+            actor: hold.request.placed_by.clone(),
+            action: "hold.place".into(),
+            cameras: hold.request.cameras.clone(),
+            from_us: Some(hold.request.from_us),
+            to_us: Some(hold.request.to_us),
+            detail: serde_json::json!({ "hold_id": hold.id, "case_ref": hold.request.case_ref, "reason": hold.request.reason, "protected": hold.protected }),
+            ..AuditRecord::default()
+        })?;
+        Ok(hold)
+    }
+
+    /// Releases a hold (who and why are recorded); the next sweep may erase what it pinned.
+    pub fn release_hold(&self, id: u64, by: &str, reason: &str) -> Result<Hold> {
+        check_text("released_by", by, true)?;
+        check_text("reason", reason, true)?;
+        let mut ctl = lock(&self.inner.control, "control")?;
+        let Some(h) = ctl.holds.get(&id) else { return Err(Error::NotFound(format!("no hold {id}"))) };
+        if h.released.is_some() {
+            return Err(Error::FailedPrecondition(format!("hold {id} is already released")));
+        }
+        let release = HoldRelease { by: by.into(), reason: reason.into(), at_us: self.inner.clock.now_us() };
+        ctl.append(&ControlRecord::HoldReleased { id, release: release.clone() })?;
+        let hold = match ctl.holds.get_mut(&id) {
+            Some(h) => {
+                h.released = Some(release);
+                h.clone()
+            }
+            None => return Err(Error::NotFound(format!("no hold {id}"))),
+        };
+        drop(ctl);
+        self.inner.audit_append(AuditRecord {
+            actor: by.into(),
+            action: "hold.release".into(),
+            cameras: hold.request.cameras.clone(),
+            from_us: Some(hold.request.from_us),
+            to_us: Some(hold.request.to_us),
+            detail: serde_json::json!({ "hold_id": id, "case_ref": hold.request.case_ref, "reason": reason }),
+            ..AuditRecord::default()
+        })?;
+        Ok(hold)
+    }
+
+    /// Holds, released ones included when asked.
+    pub fn holds(&self, include_released: bool) -> Result<Vec<Hold>> {
+        let ctl = lock(&self.inner.control, "control")?;
+        Ok(ctl.holds.values().filter(|h| include_released || h.released.is_none()).cloned().collect())
+    }
+
+    /// Decommissions the volume (TN 11.4): destroys every data key (by destroying the KEK),
+    /// removes every segment and returns a signed erase certificate. Refused while any hold is
+    /// in force, any stream is open, or any video is unexpired.
+    pub fn decommission(&self, actor: &str, reason: &str) -> Result<EraseCertificate> {
+        check_text("actor", actor, true)?;
+        check_text("reason", reason, true)?;
+        let mut ctl = lock(&self.inner.control, "control")?;
+        let active: Vec<String> =
+            ctl.holds.values().filter(|h| h.released.is_none()).map(|h| format!("{} ({})", h.id, h.request.case_ref)).collect();
+        if !active.is_empty() {
+            return Err(Error::FailedPrecondition(format!("decommission refused: legal holds in force: {}", active.join(", "))));
+        }
+        let open = self.inner.streams.lock().map(|s| s.values().filter(|w| w.strong_count() > 0).count()).unwrap_or(0);
+        if open > 0 {
+            return Err(Error::FailedPrecondition(format!("decommission refused: {open} streams are open")));
+        }
+        let now = self.inner.clock.now_us();
+        let cams: Vec<(String, _)> =
+            self.inner.cameras.read().map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        let mut all = Vec::new();
+        let mut unexpired = 0usize;
+        for (camera, idx) in cams {
+            let cutoff = now.saturating_sub(i64::from(ctl.days(&camera)) * US_PER_DAY);
+            for e in lock(&idx, "index")?.segments.values() {
+                if e.last_ts_us >= cutoff || !matches!(e.state, EntryState::Sealed(_)) {
+                    unexpired += 1;
+                }
+                all.push(ErasedSegment { segment: e.id.0, camera: camera.clone(), first_ts_us: e.first_ts_us, last_ts_us: e.last_ts_us });
+            }
+        }
+        if unexpired > 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "decommission refused: {unexpired} segments are unexpired; nothing unexpired is ever deleted (move or let them expire first)"
+            )));
+        }
+        let intent = self.inner.commit_intent(&mut ctl, "decommission", actor, all)?;
+        let (generation, kek) = {
+            let mut keys = lock(&self.inner.keys, "key store")?;
+            let generation = keys.generation();
+            let kek = keys.destroy_all()?;
+            (generation, kek)
+        };
+        for s in &intent.segments {
+            let p = self.inner.segment_path(&s.camera, SegmentId(s.segment));
+            if self.inner.vfs.exists(&p) {
+                self.inner.vfs.remove_file(&p).map_err(|e| Error::io("unlink segment", &p, e))?;
+            }
+        }
+        let recs: Vec<CatalogRecord> = intent.segments.iter().map(|s| CatalogRecord::Erased { segment: SegmentId(s.segment) }).collect();
+        lock(&self.inner.catalog, "catalog")?.append_many(&recs)?;
+        let document = serde_json::json!({
+            "type": "camvault-erase-certificate",
+            "version": 1,
+            "volume": self.inner.config.root.display().to_string(),
+            "completed_us": self.inner.clock.now_us(),
+            "actor": actor,
+            "reason": reason,
+            "method": "cryptographic erase (NIST SP 800-88): KEK destroyed, data keys unrecoverable, segment files removed",
+            "kek_destroyed": kek.0,
+            "key_store_generation": generation,
+            "segment_count": intent.segments.len(),
+            "segments": intent.segments,
+        })
+        .to_string();
+        let signer = lock(&self.inner.audit, "audit")?.signer().clone();
+        let cert = EraseCertificate {
+            signature: sign_hex(&signer, document.as_bytes()),
+            public_key: hex(signer.verifying_key().as_bytes()),
+            document,
+        };
+        self.inner.audit_append(AuditRecord {
+            actor: actor.into(),
+            action: "decommission".into(),
+            detail: serde_json::to_value(&cert).unwrap_or_default(),
+            ..AuditRecord::default()
+        })?;
+        ctl.append(&ControlRecord::EraseDone { erase_id: intent.erase_id, at_us: self.inner.clock.now_us() })?;
+        ctl.pending.remove(&intent.erase_id);
+        self.inner.decommissioned.store(true, Ordering::SeqCst);
+        Ok(cert)
+    }
+
+    /// Records an entry in the audit log (logins, video reads and exports, changes); fsynced
+    /// before returning.
+    pub fn audit(&self, record: AuditRecord) -> Result<AuditEntry> {
+        self.inner.audit_append(record)
+    }
+
+    /// Entries matching `query`, oldest first.
+    pub fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let path = lock(&self.inner.audit, "audit")?.path().to_path_buf();
+        crate::audit::query_file(&self.inner.vfs, &path, query)
+    }
+
+    /// Checks the whole audit chain and every checkpoint signature; says where the first
+    /// problem is.
+    pub fn verify_audit(&self) -> Result<AuditVerification> {
+        let (path, pk) = {
+            let a = lock(&self.inner.audit, "audit")?;
+            (a.path().to_path_buf(), a.public_key_hex())
+        };
+        verify_file(&self.inner.vfs, &path, &pk)
+    }
+
+    /// Appends a signed audit checkpoint now.
+    pub fn audit_checkpoint(&self) -> Result<AuditEntry> {
+        lock(&self.inner.audit, "audit")?.checkpoint(self.inner.clock.now_us())
+    }
+
+    /// Hex Ed25519 public key that verifies audit checkpoints and erase certificates.
+    pub fn signing_public_key(&self) -> Result<String> {
+        Ok(lock(&self.inner.audit, "audit")?.public_key_hex())
+    }
+}
