@@ -48,3 +48,21 @@ pub fn synthetic_catalog(
     }
     cat.append_many(&batch)
 }
+
+/// Whether `key` decrypts the first record of the segment file `bytes` (for the disk-image
+/// adversary test: "can this key read this ciphertext?").
+pub fn key_opens_segment(bytes: &[u8], key: &crate::keys::DataKey) -> bool {
+    use crate::segment::format::{aad, nonce, RecordHeader, SegmentHeader, HEADER_LEN, RECORD_HEADER_LEN, TAG_LEN};
+    let Ok(h) = SegmentHeader::decode(bytes) else { return false };
+    let Some(rh) = bytes.get(HEADER_LEN..HEADER_LEN + RECORD_HEADER_LEN).and_then(RecordHeader::decode) else { return false };
+    let start = HEADER_LEN + RECORD_HEADER_LEN;
+    let Some(body) = bytes.get(start..start + rh.body_len as usize) else { return false };
+    if body.len() < TAG_LEN {
+        return false;
+    }
+    let (ct, tag) = body.split_at(body.len() - TAG_LEN);
+    let mut buf = ct.to_vec();
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(tag);
+    crate::keys::SegmentCipher::new(key).open(&nonce(rh.ordinal), &aad(h.segment, &bytes[HEADER_LEN..start]), &mut buf, &t)
+}
