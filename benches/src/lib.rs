@@ -320,3 +320,85 @@ pub fn run_engine(dir: &Path, sc: &Scenario, payload: &[u8]) -> storage_core::Re
         verified_frames: verified,
     })
 }
+
+/// Rotation of `keys` live data keys (1% of them erased) against the raw cost of the same I/O:
+/// reading the key store and writing and fsyncing a file of the same size.
+pub fn run_rotation(dir: &Path, keys: u64) -> storage_core::Result<(Duration, Duration)> {
+    use storage_core::io::{StdVfs, Vfs};
+    use storage_core::keys::{DataKey, FileKekProvider, KekProvider, KeyStore};
+    use storage_core::SegmentId;
+    let vfs: Arc<dyn Vfs> = Arc::new(StdVfs);
+    let kek: Arc<dyn KekProvider> = Arc::new(FileKekProvider::open(vfs.clone(), dir.join("kek"))?);
+    let mut ks = KeyStore::open(vfs, &dir.join("keys"), kek, 0)?;
+    let mut batch = Vec::with_capacity(65_536);
+    for i in 1..=keys {
+        batch.push((SegmentId(i), DataKey::generate()?));
+        if batch.len() == 65_536 {
+            ks.put_many(&batch)?;
+            batch.clear();
+        }
+    }
+    ks.put_many(&batch)?;
+    // Raw: the same bytes read and written sequentially, one fsync.
+    let src = std::fs::read_dir(dir.join("keys")).map_err(|e| storage_core::Error::InvalidArgument(e.to_string()))?;
+    let file = src.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "cvk"));
+    let raw = {
+        let start = Instant::now();
+        if let Some(f) = &file {
+            let bytes = std::fs::read(f).map_err(|e| storage_core::Error::InvalidArgument(e.to_string()))?;
+            let out = File::create(dir.join("raw-copy")).map_err(|e| storage_core::Error::InvalidArgument(e.to_string()))?;
+            out.write_all_at(&bytes, 0).and_then(|_| out.sync_data()).map_err(|e| storage_core::Error::InvalidArgument(e.to_string()))?;
+        }
+        start.elapsed()
+    };
+    let remove: std::collections::BTreeSet<SegmentId> = (1..=keys).step_by(100).map(SegmentId).collect();
+    let start = Instant::now();
+    let r = ks.rotate(&remove, 0)?;
+    let engine = start.elapsed();
+    assert_eq!(r.kept + r.removed.len() as u64, keys);
+    Ok((engine, raw))
+}
+
+/// A retention sweep erasing `segments` expired segments (100 cameras) against the raw cost of
+/// unlinking the same number of files and fsyncing their directories.
+pub fn run_sweep(dir: &Path, segments: u64) -> storage_core::Result<(Duration, Duration, usize)> {
+    use storage_core::io::{StdVfs, Vfs};
+    use storage_core::keys::{FileKekProvider, KekProvider};
+    let vfs: Arc<dyn Vfs> = Arc::new(StdVfs);
+    let mut cfg = StoreConfig::new(dir.join("store"));
+    cfg.sweep_interval = None;
+    let kek: Arc<dyn KekProvider> = Arc::new(FileKekProvider::open(vfs.clone(), cfg.kek_dir.clone())?);
+    let cameras = 100usize;
+    let per = segments.div_ceil(cameras as u64);
+    let day = 86_400_000_000i64;
+    let now = {
+        use storage_core::Clock;
+        storage_core::SystemClock.now_us()
+    };
+    storage_core::testing::synthetic_store(&vfs, &cfg, kek.clone(), cameras, per, now - 60 * day, 900_000_000)?;
+    let store = Store::open_with(cfg, storage_core::Env { vfs, clock: Arc::new(storage_core::SystemClock), kek: Some(kek) })?;
+    let start = Instant::now();
+    let report = store.sweep()?;
+    let engine = start.elapsed();
+    // Raw: the same number of files, unlinked, directories fsynced.
+    let raw_dir = dir.join("raw");
+    let mut paths = Vec::new();
+    for c in 0..cameras {
+        let d = raw_dir.join(format!("{c}"));
+        std::fs::create_dir_all(&d).map_err(|e| storage_core::Error::InvalidArgument(e.to_string()))?;
+        for s in 0..per {
+            let p = d.join(format!("{s}.seg"));
+            std::fs::write(&p, [0u8; 128]).map_err(|e| storage_core::Error::InvalidArgument(e.to_string()))?;
+            paths.push(p);
+        }
+    }
+    let start = Instant::now();
+    for p in &paths {
+        let _ = std::fs::remove_file(p);
+    }
+    for c in 0..cameras {
+        let _ = File::open(raw_dir.join(format!("{c}"))).and_then(|d| d.sync_all());
+    }
+    let raw = start.elapsed();
+    Ok((engine, raw, report.erased()))
+}

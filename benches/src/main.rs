@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use camvault_benches::{noise, run_engine, run_raw, run_sequential, Profile, Scenario};
+use camvault_benches::{noise, run_engine, run_raw, run_rotation, run_sequential, run_sweep, Profile, Scenario};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -64,6 +64,39 @@ fn main() {
     if failed {
         std::process::exit(1);
     }
+    erase_costs(&base, smoke, &arg("--keys"), &arg("--erase-segments"));
+}
+
+/// Key rotation (the crypto-erase step) and a retention sweep, each beside its raw I/O.
+fn erase_costs(base: &std::path::Path, smoke: bool, keys: &Option<String>, segments: &Option<String>) {
+    let keys: u64 = keys.as_ref().and_then(|k| k.parse().ok()).unwrap_or(if smoke { 20_000 } else { 1_000_000 });
+    let segments: u64 = segments.as_ref().and_then(|k| k.parse().ok()).unwrap_or(if smoke { 500 } else { 10_000 });
+    println!();
+    println!("| erase cost | engine s | raw same I/O s | engine/raw |");
+    println!("|---|---:|---:|---:|");
+    let dir = base.join("rotation");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (eng, raw) = run_rotation(&dir, keys).unwrap_or_else(|e| fail("rotation", e));
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "| rotate {keys} live data keys (1% erased) | {:.2} | {:.2} | {:.1} |",
+        eng.as_secs_f64(),
+        raw.as_secs_f64(),
+        eng.as_secs_f64() / raw.as_secs_f64()
+    );
+    let dir = base.join("sweep");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (eng, raw, erased) = run_sweep(&dir, segments).unwrap_or_else(|e| fail("sweep", e));
+    let _ = std::fs::remove_dir_all(&dir);
+    if erased as u64 != segments.div_ceil(100) * 100 {
+        fail("sweep", format!("erased {erased} of {segments}"));
+    }
+    println!(
+        "| sweep erasing {erased} segments | {:.2} | {:.2} | {:.1} |",
+        eng.as_secs_f64(),
+        raw.as_secs_f64(),
+        eng.as_secs_f64() / raw.as_secs_f64()
+    );
 }
 
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {

@@ -19,9 +19,21 @@ pub fn synthetic_catalog(
     t0_us: i64,
     segment_us: i64,
 ) -> Result<()> {
+    synthetic_catalog_from(vfs, root, cameras, segments_per_camera, t0_us, segment_us, 1)
+}
+
+fn synthetic_catalog_from(
+    vfs: &Arc<dyn Vfs>,
+    root: &Path,
+    cameras: usize,
+    segments_per_camera: u64,
+    t0_us: i64,
+    segment_us: i64,
+    first_id: u64,
+) -> Result<()> {
     let loaded = Catalog::open(vfs, &root.join("catalog"))?;
     let mut cat = loaded.catalog;
-    let mut next = loaded.max_segment.map_or(1, |s| s.0 + 1);
+    let mut next = loaded.max_segment.map_or(first_id, |s| s.0 + 1).max(first_id);
     let mut batch = Vec::with_capacity(1 << 20);
     for c in 0..cameras {
         let camera = format!("cam-{c:05}");
@@ -65,4 +77,51 @@ pub fn key_opens_segment(bytes: &[u8], key: &crate::keys::DataKey) -> bool {
     let mut t = [0u8; TAG_LEN];
     t.copy_from_slice(tag);
     crate::keys::SegmentCipher::new(key).open(&nonce(rh.ordinal), &aad(h.segment, &bytes[HEADER_LEN..start]), &mut buf, &t)
+}
+
+/// A store of `cameras` x `segments_per_camera` sealed segments `segment_us` long from `t0_us`,
+/// written without video: catalog records, real wrapped data keys in the key store, and segment
+/// files holding only their header (so erasure unlinks real files). For the sweep benchmark.
+pub fn synthetic_store(
+    vfs: &Arc<dyn Vfs>,
+    config: &crate::StoreConfig,
+    kek: Arc<dyn crate::keys::KekProvider>,
+    cameras: usize,
+    segments_per_camera: u64,
+    t0_us: i64,
+    segment_us: i64,
+) -> Result<()> {
+    use crate::keys::{DataKey, KeyStore};
+    use crate::segment::format::SegmentHeader;
+    use crate::segment::writer::segment_file_name;
+    let mut ks = KeyStore::open(vfs.clone(), &config.key_dir, kek, t0_us)?;
+    let first = ks.last_segment().map_or(1, |s| s.0 + 1);
+    synthetic_catalog_from(vfs, &config.root, cameras, segments_per_camera, t0_us, segment_us, first)?;
+    let total = cameras as u64 * segments_per_camera;
+    let mut batch = Vec::with_capacity(65_536);
+    for i in 0..total {
+        batch.push((SegmentId(first + i), DataKey::generate()?));
+        if batch.len() == 65_536 {
+            ks.put_many(&batch)?;
+            batch.clear();
+        }
+    }
+    ks.put_many(&batch)?;
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| crate::Error::io("write fixture", p, e)
+    };
+    for c in 0..cameras {
+        let camera = format!("cam-{c:05}");
+        let dir = config.root.join("segments").join(&camera);
+        vfs.create_dir_all(&dir).map_err(io(&dir))?;
+        for s in 0..segments_per_camera {
+            let id = SegmentId(first + c as u64 * segments_per_camera + s);
+            let path = dir.join(segment_file_name(id));
+            let f = vfs.create_new(&path).map_err(io(&path))?;
+            let h = SegmentHeader { segment: id, created_us: t0_us, camera: camera.clone() };
+            f.write_at(&h.encode(), 0).map_err(io(&path))?;
+        }
+    }
+    Ok(())
 }

@@ -231,6 +231,9 @@ fn read_header(file: &dyn VfsFile, path: &Path) -> Result<Header> {
     })
 }
 
+/// A freshly written generation: path, file, KEK, GK, record count, last segment.
+type Written = (PathBuf, Arc<dyn VfsFile>, KekId, SegmentCipher, u64, Option<SegmentId>);
+
 /// Writes a new generation file (temporary name, fsync, rename, fsync dir) holding `records`.
 fn write_generation(
     vfs: &Arc<dyn Vfs>,
@@ -239,7 +242,7 @@ fn write_generation(
     generation: u64,
     now_us: i64,
     mut fill: impl FnMut(&SegmentCipher, &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>,
-) -> Result<(PathBuf, Arc<dyn VfsFile>, KekId, SegmentCipher, u64, Option<SegmentId>)> {
+) -> Result<Written> {
     let kek = provider.create_kek()?;
     let gk = DataKey::generate()?;
     let wrapped_gk = provider.wrap(kek, &gk, &gk_aad(generation))?;
@@ -437,6 +440,31 @@ impl KeyStore {
         }
         self.records += 1;
         self.last_segment = Some(segment);
+        Ok(())
+    }
+
+    /// Stores many keys with one write and one fsync (bulk loads and fixtures); ids must ascend.
+    pub fn put_many(&mut self, keys: &[(SegmentId, DataKey)]) -> Result<()> {
+        if let Some(p) = &self.poisoned {
+            return Err(Error::Poisoned(p.clone()));
+        }
+        let mut bytes = Vec::with_capacity(keys.len() * RECORD_LEN);
+        let mut last = self.last_segment;
+        for (segment, key) in keys {
+            if last.is_some_and(|l| l >= *segment) {
+                return Err(Error::InvalidArgument(format!("segment id {} does not ascend", segment.0)));
+            }
+            bytes.extend_from_slice(&encode_record(*segment, &wrap_dk(&self.gk, *segment, key)?)?);
+            last = Some(*segment);
+        }
+        let off = HEADER_LEN as u64 + self.records * RECORD_LEN as u64;
+        self.file.write_at(&bytes, off).map_err(|e| Error::io("append key store", &self.path, e))?;
+        if let Err(e) = self.file.sync_data() {
+            self.poisoned = Some(format!("fsync of {} failed: {e}", self.path.display()));
+            return Err(Error::io("fsync key store", &self.path, e));
+        }
+        self.records += keys.len() as u64;
+        self.last_segment = last;
         Ok(())
     }
 

@@ -6,11 +6,15 @@
 mod data_key;
 mod file_kek;
 mod key_store;
+#[cfg(feature = "pkcs11")]
+mod pkcs11;
 
 pub use data_key::DataKey;
 pub(crate) use data_key::{random_bytes, SegmentCipher};
 pub use file_kek::FileKekProvider;
 pub use key_store::{inspect, KeyStore, Rotation};
+#[cfg(feature = "pkcs11")]
+pub use pkcs11::Pkcs11KekProvider;
 
 use crate::{Result, SegmentId};
 
