@@ -215,3 +215,42 @@ fn full_disk_refuses_new_writes_and_recovers_by_itself() {
     s2.close().expect("close");
     assert_eq!(all_frames(&store, "cam-full").len(), 51);
 }
+
+#[test]
+fn full_disk_mid_segment_holds_the_batch_refuses_loudly_and_loses_nothing() {
+    let mem = MemVfs::new();
+    let faulty = FaultyVfs::new(Arc::new(mem.clone()));
+    let store = open_on(Arc::new(faulty.clone()), test_config()).expect("open");
+    let mut s = store.open_stream("cam-f", Codec::H264, b"c").expect("stream");
+    let big = vec![0x5au8; 200_000];
+    let mut accepted = 0u64;
+    s.append(FrameIn { ts_us: frame_ts(0, 0), pts_90k: None, key: true, payload: &big }).expect("first frame");
+    accepted += 1;
+    faulty.fail_after(0, FaultKind::NoSpace);
+    // Appends are buffered until the bound, then refused with NoSpace: never poisoned.
+    let mut refused = None;
+    for n in 1..100u64 {
+        match s.append(FrameIn { ts_us: frame_ts(0, n), pts_90k: None, key: false, payload: &big }) {
+            Ok(_) => accepted += 1,
+            Err(e) => {
+                refused = Some((n, e));
+                break;
+            }
+        }
+    }
+    let (n, err) = refused.expect("a full disk refuses writes");
+    assert!(err.is_no_space(), "{err}");
+    assert!(matches!(s.flush(), Err(e) if e.is_no_space()));
+    assert!(store.is_out_of_space(), "the condition is visible");
+    assert!(store.metrics().no_space_refusals.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    faulty.heal();
+    // Space is back: the same stream goes on, and everything accepted becomes durable.
+    s.append(FrameIn { ts_us: frame_ts(0, n), pts_90k: None, key: false, payload: &big }).expect("resumes");
+    accepted += 1;
+    assert_eq!(s.flush().expect("flush"), accepted);
+    assert!(!store.is_out_of_space(), "cleared once writes succeed again");
+    s.close().expect("close");
+    let got = all_frames(&store, "cam-f");
+    assert_eq!(got.len() as u64, accepted);
+    assert!(got.iter().all(|f| f.payload.as_ref() == big.as_slice()));
+}

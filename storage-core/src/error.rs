@@ -123,6 +123,12 @@ impl Error {
         Error::Io { op, path, source }
     }
 
+    /// A failed fsync: never reported as a full disk, because a failed fsync must poison its
+    /// writer whatever the errno (the kernel may have dropped the dirty pages).
+    pub(crate) fn fsync(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { op, path: path.into(), source }
+    }
+
     /// True when the error means the disk is full.
     pub fn is_no_space(&self) -> bool {
         matches!(self, Error::NoSpace { .. })

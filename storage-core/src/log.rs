@@ -139,7 +139,7 @@ impl RecordLog {
         self.file.write_at(&bytes, at).map_err(|e| Error::io("append log", &self.path, e))?;
         if let Err(e) = self.file.sync_data() {
             self.poisoned = Some(format!("fsync of {} failed: {e}", self.path.display()));
-            return Err(Error::io("fsync log", &self.path, e));
+            return Err(Error::fsync("fsync log", &self.path, e));
         }
         self.len += bytes.len() as u64;
         Ok(at)

@@ -436,7 +436,7 @@ impl KeyStore {
         if let Err(e) = self.file.sync_data() {
             // fsyncgate: a failed fsync may have dropped the page; never retry and trust it.
             self.poisoned = Some(format!("fsync of {} failed: {e}", self.path.display()));
-            return Err(Error::io("fsync key store", &self.path, e));
+            return Err(Error::fsync("fsync key store", &self.path, e));
         }
         self.records += 1;
         self.last_segment = Some(segment);
@@ -461,7 +461,7 @@ impl KeyStore {
         self.file.write_at(&bytes, off).map_err(|e| Error::io("append key store", &self.path, e))?;
         if let Err(e) = self.file.sync_data() {
             self.poisoned = Some(format!("fsync of {} failed: {e}", self.path.display()));
-            return Err(Error::io("fsync key store", &self.path, e));
+            return Err(Error::fsync("fsync key store", &self.path, e));
         }
         self.records += keys.len() as u64;
         self.last_segment = last;

@@ -22,6 +22,9 @@ pub const WRITE_BATCH_BYTES: usize = 256 << 10;
 /// reallocating every GOP; a larger frame's buffer is released after it is written.
 pub const BUFFER_KEEP_BYTES_MAX: usize = 4 << 20;
 
+/// A stream's buffer may hold this much while the disk is full before appends are refused.
+pub const NO_SPACE_BUFFER_BYTES_MAX: usize = 4 << 20;
+
 /// Sidecar key-frame index entry (DESIGN.md "Key-frame sidecar").
 pub(crate) const KFI_ENTRY_LEN: usize = 48;
 
@@ -102,6 +105,8 @@ pub(crate) struct SegmentWriter {
     /// Key frames whose records are not yet known durable (not yet in the sidecar).
     pending_kfi: Vec<KfiEntry>,
     keyframe_count: usize,
+    /// Set once the footer is buffered, so a retried seal never writes a second one.
+    footer_offset: Option<u64>,
     /// Timestamp of each written-but-not-durable frame's end, for `durable_last_ts`.
     last_ts_at: Vec<(u64, i64)>,
     pub view: OpenView,
@@ -142,6 +147,7 @@ impl SegmentWriter {
             config_offset: 0,
             pending_kfi: Vec::new(),
             keyframe_count: 0,
+            footer_offset: None,
             last_ts_at: Vec::new(),
             view: Arc::new(Mutex::new(OpenViewState { durable_len: HEADER_LEN as u64, ..Default::default() })),
         })
@@ -161,6 +167,11 @@ impl SegmentWriter {
     /// Encrypts and buffers one record; returns its offset.
     fn push(&mut self, kind: RecordKind, flags: u8, codec: Codec, ts_us: i64, pts_90k: i64, payload: &[u8]) -> Result<u64> {
         debug_assert!(!self.is_full() || kind == RecordKind::Footer);
+        // On a full disk the buffer keeps what could not be written; past this bound new
+        // records are refused (before anything changes) instead of growing it.
+        if self.buf.len() >= NO_SPACE_BUFFER_BYTES_MAX {
+            self.write_out()?;
+        }
         let offset = self.len();
         let ordinal = self.next_ordinal;
         let encrypted = kind != RecordKind::Footer;
@@ -180,7 +191,11 @@ impl SegmentWriter {
         finish_record(&mut self.buf[start..]);
         self.next_ordinal += 1;
         if self.buf.len() >= WRITE_BATCH_BYTES {
-            self.write_out()?;
+            match self.write_out() {
+                // The record is whole in the buffer; it goes out with a later write.
+                Err(e) if e.is_no_space() => tracing::warn!(path = %self.path.display(), "disk full: holding the stream's batch in memory"),
+                r => r?,
+            }
         }
         Ok(offset)
     }
@@ -288,12 +303,21 @@ impl SegmentWriter {
             last_ts_us: self.last_ts.unwrap_or(0),
             keyframes,
         };
-        let mut body = Vec::with_capacity(32 + 24 * footer.keyframes.len());
-        footer.encode(&mut body);
-        let footer_offset = self.len();
-        self.push(RecordKind::Footer, 0, self.codec, footer.last_ts_us, 0, &body)?;
+        let footer_offset = match self.footer_offset {
+            // A seal that failed on a full disk after buffering its footer: just finish it.
+            Some(off) => off,
+            None => {
+                self.write_out()?;
+                let mut body = Vec::with_capacity(32 + 24 * footer.keyframes.len());
+                footer.encode(&mut body);
+                let off = self.len();
+                self.push(RecordKind::Footer, 0, self.codec, footer.last_ts_us, 0, &body)?;
+                self.footer_offset = Some(off);
+                off
+            }
+        };
         self.write_out()?;
-        self.file.sync_data().map_err(io_err("fsync segment at seal", &self.path))?;
+        self.file.sync_data().map_err(|e| Error::fsync("fsync segment at seal", &self.path, e))?;
         let file_len = self.written_len;
         // Readers keep seeing the frames until the index entry flips to sealed.
         if let Ok(mut v) = self.view.lock() {

@@ -538,17 +538,8 @@ impl Inner {
     pub(crate) fn create_segment(&self, camera: &str) -> Result<SegmentWriter> {
         let res = self.create_segment_inner(camera);
         match &res {
-            Err(e) if e.is_no_space() => {
-                if !self.no_space.swap(true, Ordering::Relaxed) {
-                    tracing::error!(camera, "disk full: refusing new segments; nothing stored is deleted to make room");
-                }
-                self.metrics.no_space_refusals.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(_) => {
-                if self.no_space.swap(false, Ordering::Relaxed) {
-                    tracing::info!("space available again: accepting new segments");
-                }
-            }
+            Err(e) if e.is_no_space() => self.set_no_space(true),
+            Ok(_) => self.set_no_space(false),
             Err(_) => {}
         }
         res
@@ -607,6 +598,19 @@ impl Inner {
             self.vfs.sync_dir(&dir).map_err(|e| Error::io("fsync camera directory", &dir, e))?;
         }
         Ok(())
+    }
+
+    /// Records whether the disk is full (visible as `Store::is_out_of_space`, logged on change).
+    pub(crate) fn set_no_space(&self, full: bool) {
+        let was = self.no_space.swap(full, Ordering::Relaxed);
+        if full {
+            self.metrics.no_space_refusals.fetch_add(1, Ordering::Relaxed);
+            if !was {
+                tracing::error!("disk full: refusing new writes; nothing stored is deleted to make room");
+            }
+        } else if was {
+            tracing::info!("space available again: accepting writes");
+        }
     }
 
     pub(crate) fn unregister_stream(&self, id: u64) {

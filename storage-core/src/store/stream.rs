@@ -98,6 +98,9 @@ impl StreamShared {
             let ticket = match seg.prepare_sync() {
                 Ok(t) => t,
                 Err(e) => {
+                    if e.is_no_space() {
+                        inner.set_no_space(true);
+                    }
                     poison(&mut st, &e);
                     return Err(e);
                 }
@@ -106,7 +109,7 @@ impl StreamShared {
             (ticket, seq)
         };
         if let Err(e) = ticket.file.sync_data() {
-            let err = Error::io("fsync segment", &ticket.path, e);
+            let err = Error::fsync("fsync segment", &ticket.path, e);
             let mut st = lock(&self.state)?;
             poison(&mut st, &err);
             inner.metrics.fsync_failures.fetch_add(1, Ordering::Relaxed);
@@ -117,6 +120,9 @@ impl StreamShared {
             if let Some(seg) = st.seg.as_mut() {
                 seg.complete_sync(&ticket);
             }
+        }
+        if inner.no_space.load(std::sync::atomic::Ordering::Relaxed) {
+            inner.set_no_space(false);
         }
         self.publish_durable(seq);
         Ok(())
@@ -133,7 +139,15 @@ impl StreamShared {
             inner.drop_segment(&self.camera, seg.id, &[seg.path.clone(), seg.kfi_path().to_path_buf()])?;
             return Ok(());
         }
-        let (footer_offset, file_len, footer) = seg.seal()?;
+        let (footer_offset, file_len, footer) = match seg.seal() {
+            Ok(r) => r,
+            Err(e) => {
+                // Keep the writer: a full disk is retried later (the footer is buffered once);
+                // any other failure poisons the stream and recovery seals it at the next open.
+                st.seg = Some(seg);
+                return Err(e);
+            }
+        };
         let info = crate::catalog::SealedInfo {
             first_ts_us: footer.first_ts_us,
             last_ts_us: footer.last_ts_us,
@@ -143,6 +157,7 @@ impl StreamShared {
             file_len,
             payload_bytes: footer.payload_bytes,
         };
+        st.config_written = false;
         inner.catalog_append(&CatalogRecord::Sealed { segment: seg.id, info })?;
         {
             let idx = inner.camera_index(&self.camera);
@@ -165,6 +180,11 @@ impl StreamShared {
 }
 
 fn poison(st: &mut StreamState, e: &Error) {
+    if e.is_no_space() {
+        // A full disk refuses writes loudly but poisons nothing: no fsync failed, and the
+        // unwritten bytes are still in the buffer. The next append or flush tries again.
+        return;
+    }
     tracing::error!(error = %e, "stream poisoned: refusing further writes");
     st.poisoned.get_or_insert_with(|| e.to_string());
 }
@@ -287,7 +307,11 @@ impl StreamWriter {
             Ok::<(), Error>(())
         })();
         if let Err(e) = res {
-            // The segment's buffer may hold a partial record now: never write to it again.
+            if e.is_no_space() {
+                // Refused before the buffer changed (see NO_SPACE_BUFFER_BYTES_MAX).
+                inner.set_no_space(true);
+            }
+            // Otherwise the segment's buffer may hold a partial record: never write to it again.
             poison(&mut st, &e);
             return Err(e);
         }
