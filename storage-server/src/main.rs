@@ -1,55 +1,96 @@
-//! `camvault`: the operator's command over storage-core.
-//!
-//! Until the gRPC server lands this is a local tool over a data directory:
+//! `camvault`: the gRPC server over storage-core and the operator's command.
 //!
 //! ```text
-//! camvault serve      [--data DIR]          open the store, run group commit and recovery, report status
-//! camvault demo       [--data DIR] [--cameras N] [--seconds S]   write synthetic camera streams
-//! camvault cameras    [--data DIR]
-//! camvault recordings [--data DIR] --camera ID [--from RFC3339] [--to RFC3339]
-//! camvault scrub      [--data DIR]
+//! camvault serve [--config camvault.toml]      run the server (default: ./camvault-data, 127.0.0.1:50051)
+//! camvault ingest FILE.h264|FILE.h265 --camera ID [--fps N] [--fast]
+//! camvault recordings|play|export|hold|retention|audit|camera|token ...   (--server, --token or CAMVAULT_SERVER/CAMVAULT_TOKEN)
+//! camvault verify-export FILE.mp4 MANIFEST.json
+//! camvault scrub|demo [--data DIR]             local maintenance over a data directory
 //! ```
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
+mod client;
+mod h26x;
+mod mp4;
+mod proto;
+mod server;
+mod state;
 mod time;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use storage_core::{Clock, Codec, FrameIn, Store, StoreConfig};
+use serde::Deserialize;
+use storage_core::{Clock, Codec, FlushPolicy, FrameIn, Store, StoreConfig};
 
-struct Args {
+/// Command-line arguments: a verb, then positionals and `--name value` options.
+pub struct Args {
     verb: String,
     rest: Vec<String>,
 }
+
+const FLAGS: [&str; 5] = ["--fast", "--follow", "--all", "--verbose", "--once"];
 
 impl Args {
     fn value(&self, name: &str) -> Option<&str> {
         self.rest.iter().position(|a| a == name).and_then(|i| self.rest.get(i + 1)).map(String::as_str)
     }
 
-    fn data(&self) -> PathBuf {
-        self.value("--data").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./camvault-data"))
+    fn flag(&self, name: &str) -> bool {
+        self.rest.iter().any(|a| a == name)
     }
 
-    fn number(&self, name: &str, default: u64) -> Result<u64, String> {
-        self.value(name).map_or(Ok(default), |v| v.parse().map_err(|_| format!("{name} takes a number, not {v:?}")))
+    /// The `n`th argument that is neither an option nor an option's value.
+    fn positional(&self, n: usize) -> Option<&str> {
+        let mut skip = false;
+        let mut seen = 0;
+        for a in &self.rest {
+            if skip {
+                skip = false;
+                continue;
+            }
+            if a.starts_with("--") {
+                skip = !FLAGS.contains(&a.as_str());
+                continue;
+            }
+            if seen == n {
+                return Some(a);
+            }
+            seen += 1;
+        }
+        None
     }
 }
 
-const USAGE: &str = "usage: camvault <serve|demo|cameras|recordings|scrub> [--data DIR] [options]\n\
-  serve                          open the store (recovering it), run group commit, print status until stopped\n\
-  demo [--cameras N] [--seconds S]   write N synthetic 4 Mbit/s camera streams of S seconds\n\
-  cameras                        list cameras with recordings\n\
-  recordings --camera ID [--from T] [--to T]   recorded spans and gaps (T: RFC 3339)\n\
-  scrub                          check every sealed segment's records and footer";
+/// Microseconds since the epoch, now.
+pub fn now_us() -> i64 {
+    storage_core::SystemClock.now_us()
+}
+
+const USAGE: &str = "usage: camvault <command> [options]
+  serve [--config camvault.toml]           run the gRPC server (embedded default: ./camvault-data on 127.0.0.1:50051)
+  ingest FILE --camera ID [--fps 25] [--fast] [--codec h264|h265]
+  recordings --camera ID [--from T] [--to T]
+  play --camera ID --from T --to T --purpose P [--follow] [--requester R] [--approval REF] [--justification emergency|repair|written-request --document REF]
+  export --camera ID --from T --to T --out FILE.mp4 --purpose P [--requester R] [--approval REF] [...]
+  hold place --case REF --cameras a,b --from T --to T --reason R | hold release --id N --reason R | hold list [--all]
+  retention get --camera ID | retention set --camera ID --days N [--reason R] | retention sweep
+  audit query [--actor A] [--action A] [--camera C] [--from T] [--to T] [--limit N] | audit verify
+  camera put --id ID --unit U [--sectors a,b] [--location L] [--model M] [--certification C] | camera list | camera health --camera ID
+  token create --name N --unit U --roles r1,r2 [--sectors s] [--cameras c] | token revoke --id ID | token list
+  verify-export FILE.mp4 MANIFEST.json [--public-key HEX]
+  scrub [--data DIR]                       check every sealed segment without keys
+  demo [--data DIR] [--cameras N] [--seconds S]   write synthetic streams locally
+client options: --server http://HOST:PORT (or CAMVAULT_SERVER), --token TOKEN (or CAMVAULT_TOKEN); times are RFC 3339";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let mut argv = std::env::args().skip(1);
@@ -58,7 +99,21 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let args = Args { verb, rest: argv.collect() };
-    match run(&args) {
+    let result = match args.verb.as_str() {
+        "serve" => serve(&args),
+        "scrub" => scrub(&args),
+        "demo" => demo(&args),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        verb => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(client::run(verb, &args))),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("camvault {}: {e}", args.verb);
@@ -67,111 +122,166 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(args: &Args) -> Result<Store, String> {
-    let data = args.data();
-    Store::open(StoreConfig::new(&data)).map_err(|e| format!("cannot open the store in {}: {e}", data.display()))
+/// `camvault.toml` (see the sample in the repository root).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerConfig {
+    #[serde(default = "default_data")]
+    data_dir: PathBuf,
+    #[serde(default)]
+    key_dir: Option<PathBuf>,
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_retention")]
+    retention_days_default: u32,
+    #[serde(default = "default_flush_ms")]
+    flush_interval_ms: u64,
+    #[serde(default = "default_sweep_s")]
+    sweep_interval_s: u64,
 }
 
-fn run(args: &Args) -> Result<(), String> {
-    match args.verb.as_str() {
-        "serve" => serve(args),
-        "demo" => demo(args),
-        "cameras" => {
-            for c in open(args)?.cameras() {
-                println!("{c}");
-            }
-            Ok(())
+fn default_data() -> PathBuf {
+    PathBuf::from("./camvault-data")
+}
+fn default_listen() -> String {
+    "127.0.0.1:50051".into()
+}
+fn default_retention() -> u32 {
+    30
+}
+fn default_flush_ms() -> u64 {
+    1000
+}
+fn default_sweep_s() -> u64 {
+    3600
+}
+
+fn load_config(args: &Args) -> Result<ServerConfig, String> {
+    match args.value("--config") {
+        Some(p) => {
+            toml::from_str(&std::fs::read_to_string(p).map_err(|e| format!("cannot read {p}: {e}"))?).map_err(|e| format!("{p}: {e}"))
         }
-        "recordings" => recordings(args),
-        "scrub" => {
-            let store = open(args)?;
-            let found = store.scrub().map_err(|e| e.to_string())?;
-            for r in &found {
-                println!("CORRUPT {} offset {:?}: {}", r.path.display(), r.offset, r.detail);
-            }
-            println!("{} damaged segment(s)", found.len());
-            if found.is_empty() {
-                Ok(())
-            } else {
-                Err("damage found".into())
-            }
-        }
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+        None => Ok(ServerConfig {
+            data_dir: args.value("--data").map(PathBuf::from).unwrap_or_else(default_data),
+            key_dir: None,
+            listen: args.value("--listen").map(String::from).unwrap_or_else(default_listen),
+            retention_days_default: default_retention(),
+            flush_interval_ms: default_flush_ms(),
+            sweep_interval_s: default_sweep_s(),
+        }),
     }
 }
 
 fn serve(args: &Args) -> Result<(), String> {
-    let store = open(args)?;
-    let cams = store.cameras();
-    tracing::info!(data = %args.data().display(), cameras = cams.len(), "store open; group commit every 1 s; stop with Ctrl-C");
-    let once = args.rest.iter().any(|a| a == "--once");
-    loop {
-        let m = store.metrics();
-        let c = store.corruptions();
-        tracing::info!(
-            frames = m.frames_appended.load(std::sync::atomic::Ordering::Relaxed),
-            segments_sealed = m.segments_sealed.load(std::sync::atomic::Ordering::Relaxed),
-            out_of_space = store.is_out_of_space(),
-            corruptions = c.len(),
-            "status"
-        );
-        if once {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_secs(30));
+    let cfg = load_config(args)?;
+    let mut sc = StoreConfig::new(&cfg.data_dir);
+    if let Some(k) = &cfg.key_dir {
+        sc.key_dir = k.clone();
+    }
+    sc.retention_days_default = cfg.retention_days_default;
+    sc.flush = FlushPolicy::Interval(Duration::from_millis(cfg.flush_interval_ms));
+    sc.sweep_interval = Some(Duration::from_secs(cfg.sweep_interval_s));
+    let store = Arc::new(Store::open(sc).map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?);
+    let (srv, first_token) = server::Server::new(store.clone(), cfg.data_dir.join("server"))?;
+    if let Some(t) = first_token {
+        // Shown once: only its hash is stored.
+        println!("first admin token (shown once, store it now): {t}");
+    }
+    let addr: std::net::SocketAddr = cfg.listen.parse().map_err(|e| format!("listen address {}: {e}", cfg.listen))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let api = server::Api(Arc::new(srv));
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| e.to_string())?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| e.to_string())?;
+        let m = server::MESSAGE_BYTES_MAX;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(%addr, data = %cfg.data_dir.display(), "camvault serving");
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            tracing::info!("shutting down: finishing streams, making every acknowledged frame durable");
+        };
+        tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(256)
+            .timeout(Duration::from_secs(3600))
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(proto::ingest_server::IngestServer::new(api.clone()).max_decoding_message_size(m).max_encoding_message_size(m))
+            .add_service(proto::catalog_server::CatalogServer::new(api.clone()))
+            .add_service(proto::playback_server::PlaybackServer::new(api.clone()).max_encoding_message_size(m))
+            .add_service(proto::export_server::ExportServer::new(api.clone()).max_encoding_message_size(m))
+            .add_service(proto::holds_server::HoldsServer::new(api.clone()))
+            .add_service(proto::retention_server::RetentionServer::new(api.clone()))
+            .add_service(proto::audit_server::AuditServer::new(api.clone()))
+            .add_service(proto::admin_server::AdminServer::new(api.clone()))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    // Dropping the last handle flushes: every acknowledged frame is durable before exit.
+    store.flush().map_err(|e| e.to_string())?;
+    drop(store);
+    Ok(())
+}
+
+fn open_local(args: &Args) -> Result<Store, String> {
+    let data = args.value("--data").map(PathBuf::from).unwrap_or_else(default_data);
+    Store::open(StoreConfig::new(&data)).map_err(|e| format!("cannot open the store in {}: {e}", data.display()))
+}
+
+fn scrub(args: &Args) -> Result<(), String> {
+    let store = open_local(args)?;
+    let found = store.scrub().map_err(|e| e.to_string())?;
+    for r in &found {
+        println!("CORRUPT {} offset {:?}: {}", r.path.display(), r.offset, r.detail);
+    }
+    println!("{} damaged segment(s)", found.len());
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err("damage found".into())
     }
 }
 
 fn demo(args: &Args) -> Result<(), String> {
-    let cameras = args.number("--cameras", 4)? as usize;
-    let seconds = args.number("--seconds", 10)? as i64;
-    let store = open(args)?;
-    let now = storage_core::SystemClock.now_us();
-    let start = now - seconds * 1_000_000;
+    let number =
+        |name: &str, default: u64| args.value(name).map_or(Ok(default), |v| v.parse::<u64>().map_err(|_| format!("{name} takes a number")));
+    let cameras = number("--cameras", 4)? as usize;
+    let seconds = number("--seconds", 10)? as i64;
+    let store = open_local(args)?;
+    let start = now_us() - seconds * 1_000_000;
     let mut streams = Vec::new();
     for c in 0..cameras {
         streams.push(
             store.open_stream(&format!("demo-{c:03}"), Codec::H264, b"\0\0\0\x01demo-sps\0\0\0\x01demo-pps").map_err(|e| e.to_string())?,
         );
     }
-    let mut payload = vec![0u8; 200_000];
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b = (i * 31 % 251) as u8;
-    }
-    let mut last = vec![0u64; cameras];
+    let payload: Vec<u8> = (0..200_000usize).map(|i| (i * 31 % 251) as u8).collect();
     for n in 0..seconds * 25 {
         for (c, s) in streams.iter_mut().enumerate() {
             let key = n % 25 == 0;
             let size = if key { 125_000 } else { 15_000 };
-            last[c] = s
-                .append(FrameIn { ts_us: start + n * 40_000 + c as i64, pts_90k: Some(n * 3600), key, payload: &payload[..size] })
+            s.append(FrameIn { ts_us: start + n * 40_000 + c as i64, pts_90k: Some(n * 3600), key, payload: &payload[..size] })
                 .map_err(|e| e.to_string())?;
         }
     }
-    for (c, s) in streams.into_iter().enumerate() {
+    for s in streams {
         s.close().map_err(|e| e.to_string())?;
-        println!("demo-{c:03}: {} frames durable", last[c]);
     }
-    Ok(())
-}
-
-fn recordings(args: &Args) -> Result<(), String> {
-    let camera = args.value("--camera").ok_or("--camera ID is required")?;
-    let from = args.value("--from").map_or(Ok(i64::MIN + 1), time::parse_rfc3339)?;
-    let to = args.value("--to").map_or(Ok(i64::MAX), time::parse_rfc3339)?;
-    let store = open(args)?;
-    let rec = store.recordings(camera, from, to).map_err(|e| e.to_string())?;
-    for s in &rec.spans {
-        println!("recorded {} .. {}", time::format_rfc3339(s.start_us), time::format_rfc3339(s.end_us));
-    }
-    for g in &rec.gaps {
-        if g.start_us > i64::MIN + 1 && g.end_us < i64::MAX {
-            println!("gap      {} .. {}", time::format_rfc3339(g.start_us), time::format_rfc3339(g.end_us));
-        }
-    }
+    println!("{cameras} demo cameras, {seconds} s each");
     Ok(())
 }

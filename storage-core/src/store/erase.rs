@@ -484,6 +484,13 @@ impl Store {
         lock(&self.inner.audit, "audit")?.checkpoint(self.inner.clock.now_us())
     }
 
+    /// Signs `message` with the store's Ed25519 key (export manifests); returns the hex
+    /// signature and the hex public key that verifies it.
+    pub fn sign(&self, message: &[u8]) -> Result<(String, String)> {
+        let a = lock(&self.inner.audit, "audit")?;
+        Ok((sign_hex(a.signer(), message), a.public_key_hex()))
+    }
+
     /// Hex Ed25519 public key that verifies audit checkpoints and erase certificates.
     pub fn signing_public_key(&self) -> Result<String> {
         Ok(lock(&self.inner.audit, "audit")?.public_key_hex())

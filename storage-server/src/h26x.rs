@@ -1,0 +1,372 @@
+//! Just enough H.264/H.265 bitstream parsing for ingest and MP4 export: NAL splitting, access
+//! unit boundaries, parameter sets, picture size, and the `avcC`/`hvcC` decoder configuration
+//! records (ISO/IEC 14496-15).
+
+use storage_core::Codec;
+
+/// NAL units of an Annex B byte stream, without their start codes.
+pub fn nals(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut start = None;
+    while i + 3 <= data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            if let Some(s) = start {
+                let mut end = i;
+                while end > s && data[end - 1] == 0 {
+                    end -= 1;
+                }
+                if end > s {
+                    out.push(&data[s..end]);
+                }
+            }
+            i += 3;
+            start = Some(i);
+        } else {
+            i += 1;
+        }
+    }
+    if let Some(s) = start {
+        if s < data.len() {
+            out.push(&data[s..]);
+        }
+    }
+    out
+}
+
+/// NAL type.
+pub fn nal_type(codec: Codec, nal: &[u8]) -> u8 {
+    match (codec, nal.first()) {
+        (Codec::H264, Some(b)) => b & 0x1f,
+        (_, Some(b)) => (b >> 1) & 0x3f,
+        _ => 0xff,
+    }
+}
+
+/// Parameter set (SPS/PPS/VPS) or access unit delimiter: carried in the sample description, not
+/// in MP4 samples.
+pub fn is_parameter_set_or_aud(codec: Codec, t: u8) -> bool {
+    match codec {
+        Codec::H264 => (7..=9).contains(&t),
+        _ => matches!(t, 32..=35),
+    }
+}
+
+/// A slice (VCL) NAL.
+pub fn is_vcl(codec: Codec, t: u8) -> bool {
+    match codec {
+        Codec::H264 => (1..=5).contains(&t),
+        _ => t < 32,
+    }
+}
+
+/// A random access point (IDR / IRAP).
+pub fn is_key(codec: Codec, t: u8) -> bool {
+    match codec {
+        Codec::H264 => t == 5,
+        _ => (16..=21).contains(&t),
+    }
+}
+
+/// Whether a VCL NAL starts a new picture (first_mb_in_slice == 0 / first_slice_segment_in_pic).
+pub fn starts_picture(codec: Codec, nal: &[u8]) -> bool {
+    match codec {
+        Codec::H264 => nal.get(1).is_some_and(|b| b & 0x80 != 0),
+        _ => nal.get(2).is_some_and(|b| b & 0x80 != 0),
+    }
+}
+
+/// Removes emulation prevention bytes.
+fn rbsp(nal: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(nal.len());
+    let mut zeros = 0;
+    for &b in nal {
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        out.push(b);
+    }
+    out
+}
+
+struct Bits<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Bits<'_> {
+    fn u(&mut self, n: u32) -> Option<u32> {
+        let mut v = 0u32;
+        for _ in 0..n {
+            let byte = *self.b.get(self.pos / 8)?;
+            v = (v << 1) | u32::from((byte >> (7 - self.pos % 8)) & 1);
+            self.pos += 1;
+        }
+        Some(v)
+    }
+    fn ue(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.u(1)? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        Some((1u32 << zeros) - 1 + self.u(zeros)?)
+    }
+    fn se(&mut self) -> Option<i32> {
+        let k = self.ue()?;
+        Some(if k % 2 == 1 { k.div_ceil(2) as i32 } else { -((k / 2) as i32) })
+    }
+}
+
+/// Picture size from an H.264 SPS.
+fn h264_size(sps: &[u8]) -> Option<(u32, u32)> {
+    let r = rbsp(sps);
+    let mut b = Bits { b: &r, pos: 8 };
+    let profile = b.u(8)?;
+    b.u(16)?; // constraint flags, level
+    b.ue()?; // sps id
+    let mut chroma = 1;
+    if matches!(profile, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
+        chroma = b.ue()?;
+        if chroma == 3 {
+            b.u(1)?;
+        }
+        b.ue()?;
+        b.ue()?;
+        b.u(1)?;
+        if b.u(1)? == 1 {
+            for i in 0..if chroma == 3 { 12 } else { 8 } {
+                if b.u(1)? == 1 {
+                    let size = if i < 6 { 16 } else { 64 };
+                    let (mut last, mut next) = (8i32, 8i32);
+                    for _ in 0..size {
+                        if next != 0 {
+                            next = (last + b.se()? + 256) % 256;
+                        }
+                        last = if next == 0 { last } else { next };
+                    }
+                }
+            }
+        }
+    }
+    b.ue()?; // log2_max_frame_num
+    match b.ue()? {
+        0 => {
+            b.ue()?;
+        }
+        1 => {
+            b.u(1)?;
+            b.se()?;
+            b.se()?;
+            for _ in 0..b.ue()? {
+                b.se()?;
+            }
+        }
+        _ => {}
+    }
+    b.ue()?; // max_num_ref_frames
+    b.u(1)?;
+    let w_mbs = b.ue()? + 1;
+    let h_units = b.ue()? + 1;
+    let frame_mbs_only = b.u(1)?;
+    if frame_mbs_only == 0 {
+        b.u(1)?;
+    }
+    b.u(1)?;
+    let (mut w, mut h) = (w_mbs * 16, h_units * 16 * (2 - frame_mbs_only));
+    if b.u(1)? == 1 {
+        let (l, rr, t, bo) = (b.ue()?, b.ue()?, b.ue()?, b.ue()?);
+        let (cx, cy) = match chroma {
+            0 | 3 => (1, 2 - frame_mbs_only),
+            1 => (2, 2 * (2 - frame_mbs_only)),
+            _ => (2, 2 - frame_mbs_only),
+        };
+        w = w.saturating_sub((l + rr) * cx);
+        h = h.saturating_sub((t + bo) * cy);
+    }
+    Some((w, h))
+}
+
+/// Width, height, chroma format, luma and chroma bit depth (minus 8), the 12-byte general
+/// profile_tier_level and the sub-layer count of an H.265 SPS.
+type H265Sps = (u32, u32, u32, u32, u32, [u8; 12], u32);
+
+/// Parses what `hvcC` needs from an H.265 SPS.
+fn h265_sps(sps: &[u8]) -> Option<H265Sps> {
+    let r = rbsp(sps);
+    let mut b = Bits { b: &r, pos: 16 };
+    b.u(4)?;
+    let max_sub_layers = b.u(3)?;
+    b.u(1)?;
+    let start = b.pos / 8;
+    let ptl: [u8; 12] = r.get(start..start + 12)?.try_into().ok()?;
+    b.pos += 96;
+    let mut sub_profile = [false; 8];
+    let mut sub_level = [false; 8];
+    for i in 0..max_sub_layers as usize {
+        sub_profile[i] = b.u(1)? == 1;
+        sub_level[i] = b.u(1)? == 1;
+    }
+    if max_sub_layers > 0 {
+        for _ in max_sub_layers..8 {
+            b.u(2)?;
+        }
+    }
+    for i in 0..max_sub_layers as usize {
+        if sub_profile[i] {
+            b.pos += 88;
+        }
+        if sub_level[i] {
+            b.pos += 8;
+        }
+    }
+    b.ue()?;
+    let chroma = b.ue()?;
+    if chroma == 3 {
+        b.u(1)?;
+    }
+    let (mut w, mut h) = (b.ue()?, b.ue()?);
+    if b.u(1)? == 1 {
+        let (l, rr, t, bo) = (b.ue()?, b.ue()?, b.ue()?, b.ue()?);
+        let (cx, cy) = match chroma {
+            1 => (2, 2),
+            2 => (2, 1),
+            _ => (1, 1),
+        };
+        w = w.saturating_sub((l + rr) * cx);
+        h = h.saturating_sub((t + bo) * cy);
+    }
+    let (bl, bc) = (b.ue()?, b.ue()?);
+    Some((w, h, chroma, bl, bc, ptl, max_sub_layers))
+}
+
+/// The sample description of a stream: box type, configuration record, width, height.
+pub struct SampleDescription {
+    pub fourcc: [u8; 4],
+    pub config_box: [u8; 4],
+    pub config: Vec<u8>,
+    pub width: u16,
+    pub height: u16,
+}
+
+/// Builds `avcC` / `hvcC` from the stream's parameter sets (Annex B).
+pub fn sample_description(codec: Codec, config: &[u8]) -> Result<SampleDescription, String> {
+    let units = nals(config);
+    let of = |t: u8| -> Vec<&[u8]> { units.iter().copied().filter(|n| nal_type(codec, n) == t).collect() };
+    match codec {
+        Codec::H264 => {
+            let (sps, pps) = (of(7), of(8));
+            let s0 = sps.first().ok_or("the H.264 codec configuration has no SPS")?;
+            if pps.is_empty() || s0.len() < 4 {
+                return Err("the H.264 codec configuration needs an SPS and a PPS".into());
+            }
+            let (w, h) = h264_size(s0).ok_or("the H.264 SPS does not parse")?;
+            let mut c = vec![1, s0[1], s0[2], s0[3], 0xff, 0xe0 | sps.len() as u8];
+            for s in &sps {
+                c.extend_from_slice(&(s.len() as u16).to_be_bytes());
+                c.extend_from_slice(s);
+            }
+            c.push(pps.len() as u8);
+            for p in &pps {
+                c.extend_from_slice(&(p.len() as u16).to_be_bytes());
+                c.extend_from_slice(p);
+            }
+            Ok(SampleDescription { fourcc: *b"avc1", config_box: *b"avcC", config: c, width: w as u16, height: h as u16 })
+        }
+        _ => {
+            let (vps, sps, pps) = (of(32), of(33), of(34));
+            let s0 = sps.first().ok_or("the H.265 codec configuration has no SPS")?;
+            if vps.is_empty() || pps.is_empty() {
+                return Err("the H.265 codec configuration needs a VPS, an SPS and a PPS".into());
+            }
+            let (w, h, chroma, bl, bc, ptl, sub_layers) = h265_sps(s0).ok_or("the H.265 SPS does not parse")?;
+            let mut c = vec![1];
+            c.extend_from_slice(&ptl);
+            c.extend_from_slice(&[0xf0, 0x00, 0xfc, 0xfc | chroma as u8, 0xf8 | bl as u8, 0xf8 | bc as u8, 0, 0]);
+            c.push(((sub_layers + 1) as u8) << 3 | 0x04 | 0x03);
+            c.push(3);
+            for (t, list) in [(32u8, &vps), (33, &sps), (34, &pps)] {
+                c.push(0x80 | t);
+                c.extend_from_slice(&(list.len() as u16).to_be_bytes());
+                for n in list.iter() {
+                    c.extend_from_slice(&(n.len() as u16).to_be_bytes());
+                    c.extend_from_slice(n);
+                }
+            }
+            Ok(SampleDescription { fourcc: *b"hvc1", config_box: *b"hvcC", config: c, width: w as u16, height: h as u16 })
+        }
+    }
+}
+
+/// One access unit of an Annex B file, with the parameter sets in force.
+pub struct AccessUnit {
+    pub data: Vec<u8>,
+    pub key: bool,
+}
+
+/// Splits an Annex B elementary stream into access units; returns them and the first set of
+/// parameter sets (as Annex B) for the codec configuration.
+pub fn access_units(codec: Codec, data: &[u8]) -> (Vec<AccessUnit>, Vec<u8>) {
+    let mut aus = Vec::new();
+    let mut config = Vec::new();
+    let mut have_config = false;
+    let mut cur: Vec<u8> = Vec::new();
+    let mut cur_has_vcl = false;
+    let mut cur_key = false;
+    let mut pending: Vec<u8> = Vec::new();
+    for n in nals(data) {
+        let t = nal_type(codec, n);
+        let vcl = is_vcl(codec, t);
+        if vcl {
+            if cur_has_vcl && starts_picture(codec, n) {
+                aus.push(AccessUnit { data: std::mem::take(&mut cur), key: cur_key });
+                cur_key = false;
+            }
+            cur.append(&mut pending);
+            cur_has_vcl = true;
+            cur_key |= is_key(codec, t);
+            cur.extend_from_slice(&[0, 0, 0, 1]);
+            cur.extend_from_slice(n);
+        } else {
+            if is_parameter_set_or_aud(codec, t) && !have_config && !matches!((codec, t), (Codec::H264, 9) | (Codec::H265, 35)) {
+                config.extend_from_slice(&[0, 0, 0, 1]);
+                config.extend_from_slice(n);
+            }
+            if have_config_complete(codec, &config) {
+                have_config = true;
+            }
+            // Non-VCL NALs belong to the next picture.
+            pending.extend_from_slice(&[0, 0, 0, 1]);
+            pending.extend_from_slice(n);
+        }
+    }
+    if cur_has_vcl {
+        cur.append(&mut pending);
+        aus.push(AccessUnit { data: cur, key: cur_key });
+    }
+    (aus, config)
+}
+
+fn have_config_complete(codec: Codec, config: &[u8]) -> bool {
+    let types: Vec<u8> = nals(config).iter().map(|n| nal_type(codec, n)).collect();
+    match codec {
+        Codec::H264 => types.contains(&7) && types.contains(&8),
+        _ => types.contains(&32) && types.contains(&33) && types.contains(&34),
+    }
+}
+
+/// An access unit as MP4 sample data: 4-byte lengths instead of start codes, parameter sets and
+/// delimiters left to the sample description.
+pub fn to_length_prefixed(codec: Codec, au: &[u8], out: &mut Vec<u8>) {
+    for n in nals(au) {
+        if is_parameter_set_or_aud(codec, nal_type(codec, n)) {
+            continue;
+        }
+        out.extend_from_slice(&(n.len() as u32).to_be_bytes());
+        out.extend_from_slice(n);
+    }
+}

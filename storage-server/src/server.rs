@@ -1,0 +1,894 @@
+//! The gRPC server: authentication, per-camera authorisation, audit of every read, and the
+//! mapping between `camvault.v1` messages and storage-core calls. No byte of storage lives here.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use storage_core::audit::{AuditQuery, AuditRecord};
+use storage_core::retention::HoldRequest;
+use storage_core::{Clock, Codec, Error, FrameIn, ReadItem, Store, SystemClock};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::h26x;
+use crate::mp4;
+use crate::proto;
+use crate::state::{load, new_secret, save, sha256_hex, CameraInfo, Cameras, Principal, Role, TokenRecord, Tokens};
+
+/// Largest gRPC message: a frame up to storage-core's 16 MiB limit plus framing. Raised
+/// deliberately so that 4K I-frames above the 4 MiB default ingest whole.
+pub const MESSAGE_BYTES_MAX: usize = storage_core::FRAME_BYTES_MAX + (64 << 10);
+/// A publisher that sends nothing for this long is disconnected.
+pub const PUBLISH_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a publisher hears the durable sequence number when it advances.
+const ACK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a live follow polls for newly durable frames.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// Export chunk size on the wire.
+const EXPORT_CHUNK_BYTES: usize = 1 << 20;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Shared server state.
+pub struct Server {
+    pub store: Arc<Store>,
+    dir: PathBuf,
+    tokens: Mutex<Tokens>,
+    cameras: Mutex<Cameras>,
+    seen_logins: Mutex<HashSet<(String, String)>>,
+}
+
+/// Maps storage errors to gRPC status codes with messages a person can act on.
+pub fn status(e: Error) -> Status {
+    match e {
+        Error::InvalidArgument(_) | Error::OutOfOrder { .. } => Status::invalid_argument(e.to_string()),
+        Error::Overlap { .. } => Status::already_exists(e.to_string()),
+        Error::LimitExceeded { .. } | Error::NoSpace { .. } => Status::resource_exhausted(e.to_string()),
+        Error::NotFound(_) => Status::not_found(e.to_string()),
+        Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+        Error::Corrupt { .. } => Status::data_loss(e.to_string()),
+        Error::Closed => Status::aborted(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn codec_from(c: i32) -> Result<Codec, Status> {
+    match proto::Codec::try_from(c) {
+        Ok(proto::Codec::H264) => Ok(Codec::H264),
+        Ok(proto::Codec::H265) => Ok(Codec::H265),
+        _ => Err(Status::invalid_argument(format!("unknown codec {c}: use H264 or H265"))),
+    }
+}
+
+fn codec_to(c: Codec) -> i32 {
+    match c {
+        Codec::H265 => proto::Codec::H265 as i32,
+        _ => proto::Codec::H264 as i32,
+    }
+}
+
+fn to_proto_principal(p: &Principal) -> proto::Principal {
+    proto::Principal {
+        name: p.name.clone(),
+        unit: p.unit.clone(),
+        roles: p.roles.iter().map(|r| r.name().to_string()).collect(),
+        sectors: p.sectors.clone(),
+        cameras: p.cameras.clone(),
+    }
+}
+
+fn camera_to_proto(c: &CameraInfo) -> proto::Camera {
+    proto::Camera {
+        id: c.id.clone(),
+        owning_unit: c.owning_unit.clone(),
+        sectors: c.sectors.clone(),
+        location: c.location.clone(),
+        model: c.model.clone(),
+        certification: c.certification.clone(),
+        metadata_updated_us: c.metadata_updated_us,
+    }
+}
+
+/// What a permitted read of video must record.
+struct ReadGrant {
+    justification: String,
+}
+
+fn now_us() -> i64 {
+    SystemClock.now_us()
+}
+
+impl Server {
+    /// Opens the server state in `dir`; on a fresh server creates the first admin and returns
+    /// its token (shown once, stored only as a hash).
+    pub fn new(store: Arc<Store>, dir: PathBuf) -> Result<(Server, Option<String>), String> {
+        let mut tokens: Tokens = load(&dir.join("tokens.json"))?;
+        let cameras: Cameras = load(&dir.join("cameras.json"))?;
+        let mut first = None;
+        if tokens.tokens.is_empty() {
+            let secret = new_secret()?;
+            let admin = Principal {
+                name: "admin".into(),
+                unit: "provincial-centre".into(),
+                roles: vec![Role::Admin],
+                sectors: vec![],
+                cameras: vec![],
+            };
+            tokens.tokens.push(TokenRecord {
+                id: "t1".into(),
+                sha256: sha256_hex(secret.as_bytes()),
+                principal: admin,
+                created_us: now_us(),
+                revoked: false,
+            });
+            save(&dir.join("tokens.json"), &tokens)?;
+            first = Some(secret);
+        }
+        Ok((
+            Server { store, dir, tokens: Mutex::new(tokens), cameras: Mutex::new(cameras), seen_logins: Mutex::new(HashSet::new()) },
+            first,
+        ))
+    }
+
+    fn audit(&self, rec: AuditRecord) -> Result<(), Status> {
+        self.store.audit(rec).map(|_| ()).map_err(status)
+    }
+
+    /// Checks the bearer token; records a login the first time a token is seen from a peer.
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let Some(secret) = header.strip_prefix("Bearer ").map(str::trim) else {
+            return Err(Status::unauthenticated("missing bearer token: send `authorization: Bearer <token>`"));
+        };
+        let hash = sha256_hex(secret.as_bytes());
+        let found = {
+            let t = self.tokens.lock().map_err(|_| Status::internal("token lock"))?;
+            t.tokens.iter().find(|t| t.sha256 == hash && !t.revoked).map(|t| (t.id.clone(), t.principal.clone()))
+        };
+        let Some((id, principal)) = found else {
+            return Err(Status::unauthenticated("unknown or revoked token"));
+        };
+        let peer = req.remote_addr().map(|a: SocketAddr| a.to_string()).unwrap_or_default();
+        let first = self.seen_logins.lock().map(|mut s| s.insert((id.clone(), peer.clone()))).unwrap_or(false);
+        if first {
+            self.audit(AuditRecord {
+                actor: principal.name.clone(),
+                action: "login".into(),
+                detail: serde_json::json!({ "token_id": id, "peer": peer }),
+                ..AuditRecord::default()
+            })?;
+        }
+        Ok(principal)
+    }
+
+    fn camera(&self, id: &str) -> Result<CameraInfo, Status> {
+        self.cameras
+            .lock()
+            .map_err(|_| Status::internal("camera lock"))?
+            .cameras
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("camera {id} is not in the registry (Catalog.PutCamera)")))
+    }
+
+    /// Whether `p` sees `c` within its own scope (unit for operators and admins, sectors for
+    /// viewers).
+    fn in_scope(p: &Principal, c: &CameraInfo) -> bool {
+        ((p.has(Role::Operator) || p.has(Role::Admin)) && p.unit == c.owning_unit)
+            || (p.has(Role::Viewer) && c.sectors.iter().any(|s| p.sectors.contains(s)))
+    }
+
+    /// The rules for reading video (TN 6.2-6.4, 8.1, 10.2): a purpose always; within scope,
+    /// allowed; an admin outside its unit only with one of the three justifications; an
+    /// operator or viewer outside scope only with an approval reference.
+    fn authorize_read(&self, p: &Principal, c: &CameraInfo, a: &proto::Access) -> Result<ReadGrant, Status> {
+        if !(p.has(Role::Admin) || p.has(Role::Operator) || p.has(Role::Viewer)) {
+            return Err(Status::permission_denied(format!("{} may not read video", p.name)));
+        }
+        if a.purpose.trim().is_empty() {
+            return Err(Status::invalid_argument("every read of video needs a purpose (TN 10.2)"));
+        }
+        if Self::in_scope(p, c) {
+            return Ok(ReadGrant { justification: String::new() });
+        }
+        if p.has(Role::Admin) {
+            let j = proto::Justification::try_from(a.justification).unwrap_or(proto::Justification::None);
+            return match j {
+                proto::Justification::EmergencyCommand => Ok(ReadGrant { justification: "emergency_command".into() }),
+                proto::Justification::ConnectionFaultRepair => Ok(ReadGrant { justification: "connection_fault_repair".into() }),
+                proto::Justification::WrittenRequest if !a.document_ref.trim().is_empty() => {
+                    Ok(ReadGrant { justification: format!("written_request:{}", a.document_ref.trim()) })
+                }
+                proto::Justification::WrittenRequest => Err(Status::invalid_argument("a written-request justification needs its document reference")),
+                proto::Justification::None => Err(Status::permission_denied(format!(
+                    "camera {} belongs to {}: an administrator reads another unit's video only with a justification (emergency command, connection-fault repair, or a written request with its document reference; TN 6.2)",
+                    c.id, c.owning_unit
+                ))),
+            };
+        }
+        if !a.approval_ref.trim().is_empty() {
+            return Ok(ReadGrant { justification: String::new() });
+        }
+        Err(Status::permission_denied(format!("camera {} is outside {}'s scope: an approval reference is required (TN 8.1)", c.id, p.name)))
+    }
+
+    fn require(p: &Principal, r: Role) -> Result<(), Status> {
+        if p.has(r) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!("{} lacks the {} role", p.name, r.name())))
+        }
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "each field is a column of the processing log (TN 10.2)")]
+    fn audit_read(
+        &self,
+        p: &Principal,
+        action: &str,
+        camera: &str,
+        from: i64,
+        to: i64,
+        a: &proto::Access,
+        g: &ReadGrant,
+        detail: serde_json::Value,
+    ) -> Result<(), Status> {
+        self.audit(AuditRecord {
+            actor: p.name.clone(),
+            action: action.into(),
+            cameras: vec![camera.into()],
+            from_us: Some(from),
+            to_us: Some(to),
+            purpose: a.purpose.clone(),
+            requester: a.requester.clone(),
+            approval_ref: a.approval_ref.clone(),
+            justification: g.justification.clone(),
+            detail,
+        })
+    }
+}
+
+/// The gRPC services over one [`Server`].
+#[derive(Clone)]
+pub struct Api(pub Arc<Server>);
+
+#[tonic::async_trait]
+impl proto::ingest_server::Ingest for Api {
+    type PublishStream = BoxStream<proto::PublishResponse>;
+
+    async fn publish(&self, req: Request<Streaming<proto::PublishRequest>>) -> Result<Response<Self::PublishStream>, Status> {
+        let p = self.0.authenticate(&req)?;
+        Server::require(&p, Role::Ingest)?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(PUBLISH_IDLE_TIMEOUT, inbound.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no OpenStream message"))?
+            .ok_or_else(|| Status::invalid_argument("empty publish stream"))??;
+        let Some(proto::publish_request::Msg::Open(open)) = first.msg else {
+            return Err(Status::invalid_argument("the first message must open the stream (camera and codec)"));
+        };
+        if !p.cameras.contains(&open.camera) {
+            return Err(Status::permission_denied(format!("{} may not publish to camera {}", p.name, open.camera)));
+        }
+        let cfg = open.codec.ok_or_else(|| Status::invalid_argument("OpenStream needs a codec"))?;
+        let codec = codec_from(cfg.codec)?;
+        let server = self.0.clone();
+        let mut writer = server.store.open_stream(&open.camera, codec, &cfg.config).map_err(status)?;
+        let (tx, rx) = mpsc::channel::<Result<proto::PublishResponse, Status>>(64);
+        let camera = open.camera.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ACK_INTERVAL);
+            let mut accepted = 0u64;
+            let mut acked = 0u64;
+            let result: Result<(), Status> = async {
+                loop {
+                    tokio::select! {
+                        msg = tokio::time::timeout(PUBLISH_IDLE_TIMEOUT, inbound.next()) => {
+                            let msg = match msg {
+                                Err(_) => return Err(Status::deadline_exceeded(format!("publisher for {camera} was silent for {} s", PUBLISH_IDLE_TIMEOUT.as_secs()))),
+                                Ok(None) => return Ok(()),
+                                Ok(Some(Err(e))) => return Err(e),
+                                Ok(Some(Ok(m))) => m,
+                            };
+                            match msg.msg {
+                                Some(proto::publish_request::Msg::Frame(f)) => {
+                                    let r = tokio::task::block_in_place(|| writer.append(FrameIn { ts_us: f.ts_us, pts_90k: f.pts_90k, key: f.key, payload: &f.payload }));
+                                    match r {
+                                        Ok(seq) => accepted = seq,
+                                        // A refused frame ends the stream with a clear status;
+                                        // everything accepted before it is sealed below.
+                                        Err(e) => return Err(status(e)),
+                                    }
+                                }
+                                Some(proto::publish_request::Msg::CodecChange(c)) => {
+                                    let codec = codec_from(c.codec)?;
+                                    writer.set_codec_config(codec, &c.config).map_err(status)?;
+                                }
+                                Some(proto::publish_request::Msg::Open(_)) | None => {
+                                    return Err(Status::invalid_argument("a stream is opened once; send frames"));
+                                }
+                            }
+                        }
+                        _ = tick.tick() => {}
+                    }
+                    let durable = writer.durable_seq();
+                    if durable > acked || (accepted > 0 && accepted.is_multiple_of(25)) {
+                        acked = durable;
+                        if tx.send(Ok(proto::PublishResponse { accepted_seq: accepted, durable_seq: durable })).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            .await;
+            // Seal: everything accepted becomes durable, then the final acknowledgement.
+            let closed = tokio::task::block_in_place(|| writer.close());
+            match (result, closed) {
+                (Err(e), _) => {
+                    let _ = tx.send(Err(e)).await;
+                }
+                (Ok(()), Err(e)) => {
+                    let _ = tx.send(Err(status(e))).await;
+                }
+                (Ok(()), Ok(())) => {
+                    let _ = tx.send(Ok(proto::PublishResponse { accepted_seq: accepted, durable_seq: accepted })).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::catalog_server::Catalog for Api {
+    async fn put_camera(&self, req: Request<proto::PutCameraRequest>) -> Result<Response<proto::Camera>, Status> {
+        let p = self.0.authenticate(&req)?;
+        Server::require(&p, Role::Admin)?;
+        let c = req.into_inner().camera.ok_or_else(|| Status::invalid_argument("camera is required"))?;
+        if c.id.is_empty() || c.owning_unit.is_empty() {
+            return Err(Status::invalid_argument("a camera needs an id and an owning unit"));
+        }
+        let info = CameraInfo {
+            id: c.id,
+            owning_unit: c.owning_unit,
+            sectors: c.sectors,
+            location: c.location,
+            model: c.model,
+            certification: c.certification,
+            metadata_updated_us: now_us(),
+        };
+        {
+            let mut cams = self.0.cameras.lock().map_err(|_| Status::internal("camera lock"))?;
+            cams.cameras.insert(info.id.clone(), info.clone());
+            save(&self.0.dir.join("cameras.json"), &*cams).map_err(Status::internal)?;
+        }
+        self.0.audit(AuditRecord {
+            actor: p.name,
+            action: "camera.put".into(),
+            cameras: vec![info.id.clone()],
+            detail: serde_json::to_value(&info).unwrap_or_default(),
+            ..AuditRecord::default()
+        })?;
+        Ok(Response::new(camera_to_proto(&info)))
+    }
+
+    async fn get_camera(&self, req: Request<proto::GetCameraRequest>) -> Result<Response<proto::Camera>, Status> {
+        let p = self.0.authenticate(&req)?;
+        let c = self.0.camera(&req.get_ref().id)?;
+        if !(p.has(Role::Admin) || Server::in_scope(&p, &c)) {
+            return Err(Status::permission_denied(format!("camera {} is outside {}'s scope", c.id, p.name)));
+        }
+        Ok(Response::new(camera_to_proto(&c)))
+    }
+
+    async fn list_cameras(&self, req: Request<proto::ListCamerasRequest>) -> Result<Response<proto::ListCamerasResponse>, Status> {
+        let p = self.0.authenticate(&req)?;
+        let cams = self.0.cameras.lock().map_err(|_| Status::internal("camera lock"))?;
+        let cameras = cams.cameras.values().filter(|c| p.has(Role::Admin) || Server::in_scope(&p, c)).map(camera_to_proto).collect();
+        Ok(Response::new(proto::ListCamerasResponse { cameras }))
+    }
+
+    async fn list_recordings(&self, req: Request<proto::ListRecordingsRequest>) -> Result<Response<proto::ListRecordingsResponse>, Status> {
+        let p = self.0.authenticate(&req)?;
+        let r = req.into_inner();
+        let c = self.0.camera(&r.camera)?;
+        if !(p.has(Role::Admin) || Server::in_scope(&p, &c)) {
+            return Err(Status::permission_denied(format!("camera {} is outside {}'s scope", c.id, p.name)));
+        }
+        let to = if r.to_us == 0 { i64::MAX } else { r.to_us };
+        let rec = self.0.store.recordings(&r.camera, r.from_us, to).map_err(status)?;
+        let conv = |v: Vec<storage_core::Span>| v.into_iter().map(|s| proto::TimeRange { from_us: s.start_us, to_us: s.end_us }).collect();
+        Ok(Response::new(proto::ListRecordingsResponse { spans: conv(rec.spans), gaps: conv(rec.gaps) }))
+    }
+
+    async fn camera_health(&self, req: Request<proto::CameraHealthRequest>) -> Result<Response<proto::CameraHealthResponse>, Status> {
+        let p = self.0.authenticate(&req)?;
+        let id = req.into_inner().camera;
+        let c = self.0.camera(&id)?;
+        if !(p.has(Role::Admin) || Server::in_scope(&p, &c)) {
+            return Err(Status::permission_denied(format!("camera {id} is outside {}'s scope", p.name)));
+        }
+        let now = now_us();
+        let day = 86_400_000_000;
+        let segs = match self.0.store.segments(&id, now - day, i64::MAX) {
+            Ok(s) => s,
+            Err(Error::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(status(e)),
+        };
+        let last = segs.iter().map(|s| s.last_ts_us).max().unwrap_or(0);
+        let (bytes, span): (u64, i64) = segs
+            .iter()
+            .filter_map(|s| s.sealed.map(|i| (i.payload_bytes, i.last_ts_us - i.first_ts_us)))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let rec = self.0.store.recordings(&id, now - day, now).map_err(status)?;
+        let offline_since = if last == 0 || now - last > 60_000_000 { last } else { 0 };
+        Ok(Response::new(proto::CameraHealthResponse {
+            camera: id,
+            last_frame_us: last,
+            bitrate_bps: if span > 0 { bytes as f64 * 8.0 / (span as f64 / 1e6) } else { 0.0 },
+            gaps_last_24h: rec.gaps.len() as u32,
+            offline_since_us: offline_since,
+        }))
+    }
+}
+
+fn item_to_proto(i: ReadItem) -> proto::ReadItem {
+    proto::ReadItem {
+        item: Some(match i {
+            ReadItem::Config(c) => proto::read_item::Item::Config(proto::CodecConfig { codec: codec_to(c.codec), config: c.data.to_vec() }),
+            ReadItem::Frame(f) => {
+                proto::read_item::Item::Frame(proto::Frame { ts_us: f.ts_us, pts_90k: f.pts_90k, key: f.key, payload: f.payload.to_vec() })
+            }
+        }),
+    }
+}
+
+#[tonic::async_trait]
+impl proto::playback_server::Playback for Api {
+    type ReadFramesStream = BoxStream<proto::ReadItem>;
+
+    async fn read_frames(&self, req: Request<proto::ReadFramesRequest>) -> Result<Response<Self::ReadFramesStream>, Status> {
+        let p = self.0.authenticate(&req)?;
+        let r = req.into_inner();
+        let c = self.0.camera(&r.camera)?;
+        let access = r.access.unwrap_or_default();
+        let grant = self.0.authorize_read(&p, &c, &access)?;
+        let to = if r.to_us == 0 { i64::MAX } else { r.to_us };
+        let action = if r.follow { "video.follow" } else { "video.read" };
+        self.0.audit_read(&p, action, &r.camera, r.from_us, to, &access, &grant, serde_json::Value::Null)?;
+        let (tx, rx) = mpsc::channel(16);
+        let server = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut last_ts = i64::MIN;
+            let mut from = r.from_us;
+            loop {
+                let reader = match server.store.read(&r.camera, from, to) {
+                    Ok(rd) => Some(rd),
+                    Err(Error::NotFound(_)) if r.follow => None,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(status(e)));
+                        return;
+                    }
+                };
+                for item in reader.into_iter().flatten() {
+                    let item = match item {
+                        Ok(i) => i,
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(status(e)));
+                            return;
+                        }
+                    };
+                    if let ReadItem::Frame(f) = &item {
+                        if f.ts_us <= last_ts {
+                            continue;
+                        }
+                        last_ts = f.ts_us;
+                    } else if last_ts != i64::MIN && r.follow {
+                        // Configs repeat with every re-read; send the one in force once.
+                    }
+                    if tx.blocking_send(Ok(item_to_proto(item))).is_err() {
+                        return;
+                    }
+                }
+                if !r.follow || tx.is_closed() {
+                    return;
+                }
+                std::thread::sleep(FOLLOW_POLL);
+                if last_ts != i64::MIN {
+                    from = last_ts + 1;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::export_server::Export for Api {
+    type ExportClipStream = BoxStream<proto::ExportChunk>;
+
+    async fn export_clip(&self, req: Request<proto::ExportRequest>) -> Result<Response<Self::ExportClipStream>, Status> {
+        let p = self.0.authenticate(&req)?;
+        let mut r = req.into_inner();
+        let c = self.0.camera(&r.camera)?;
+        let access = r.access.take().unwrap_or_default();
+        let mut grant = self.0.authorize_read(&p, &c, &access)?;
+        if !Server::in_scope(&p, &c) && access.approval_ref.trim().is_empty() {
+            return Err(Status::permission_denied("an export outside one's scope needs an approval reference (TN 8.1)"));
+        }
+        if r.from_us >= r.to_us {
+            return Err(Status::invalid_argument("the export range must end after it starts"));
+        }
+        let reader = self.0.store.read(&r.camera, r.from_us, r.to_us).map_err(status)?;
+        let (tx, rx) = mpsc::channel(4);
+        let server = self.0.clone();
+        let justification = std::mem::take(&mut grant.justification);
+        tokio::task::spawn_blocking(move || {
+            let result = export(&server, reader, &r, &p, &access, &justification, &tx);
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Streams the MP4 (init segment, then one fragment per GOP), hashing as it goes, then the
+/// signed manifest; audits the export with its digest.
+fn export(
+    server: &Server,
+    reader: storage_core::FrameReader,
+    r: &proto::ExportRequest,
+    p: &Principal,
+    access: &proto::Access,
+    justification: &str,
+    tx: &mpsc::Sender<Result<proto::ExportChunk, Status>>,
+) -> Result<(), Status> {
+    let mut hasher = Sha256::new();
+    let mut send = |bytes: Vec<u8>| -> Result<(), Status> {
+        hasher.update(&bytes);
+        for chunk in bytes.chunks(EXPORT_CHUNK_BYTES) {
+            tx.blocking_send(Ok(proto::ExportChunk { part: Some(proto::export_chunk::Part::Mp4(chunk.to_vec())) }))
+                .map_err(|_| Status::cancelled("the client went away"))?;
+        }
+        Ok(())
+    };
+    let mut codec = None;
+    let mut first_dts_us = None;
+    let mut first_pts = None;
+    let mut start_key_us = None;
+    let mut frames = 0u64;
+    let mut seq = 0u32;
+    let mut pending: Vec<(i64, Option<i64>, bool, Vec<u8>)> = Vec::new();
+    let mut pending_bytes = 0usize;
+    let mut last_duration = 3600u32;
+    let mut flush = |pending: &mut Vec<(i64, Option<i64>, bool, Vec<u8>)>,
+                     next_dts_us: Option<i64>,
+                     codec: Codec,
+                     first_dts: i64,
+                     first_pts: Option<i64>,
+                     send: &mut dyn FnMut(Vec<u8>) -> Result<(), Status>|
+     -> Result<(), Status> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let to90k = |us: i64| ((us - first_dts) as i128 * 9 / 100) as i64;
+        let mut data = Vec::new();
+        let mut samples = Vec::with_capacity(pending.len());
+        for i in 0..pending.len() {
+            let (ts, pts, key, ref payload) = pending[i];
+            let dts = to90k(ts);
+            let next = pending.get(i + 1).map(|x| to90k(x.0)).or(next_dts_us.map(to90k));
+            let duration = next.map_or(last_duration, |n| (n - dts).clamp(1, u32::MAX as i64) as u32);
+            last_duration = duration;
+            let cto = match (pts, first_pts) {
+                (Some(pt), Some(fp)) => (pt - fp - dts).clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+                _ => 0,
+            };
+            let before = data.len();
+            h26x::to_length_prefixed(codec, payload, &mut data);
+            samples.push(mp4::Sample { size: (data.len() - before) as u32, duration, key, cto });
+        }
+        seq += 1;
+        let base = to90k(pending[0].0).max(0) as u64;
+        send(mp4::fragment(seq, base, &samples, &data))?;
+        pending.clear();
+        Ok(())
+    };
+    for item in reader {
+        match item.map_err(status)? {
+            ReadItem::Config(cfg) => {
+                if codec.is_none() {
+                    let desc = h26x::sample_description(cfg.codec, &cfg.data).map_err(Status::failed_precondition)?;
+                    send(mp4::init_segment(&desc))?;
+                    codec = Some(cfg.codec);
+                }
+            }
+            ReadItem::Frame(f) => {
+                let Some(c) = codec else { return Err(Status::data_loss("a frame arrived before its codec configuration")) };
+                if f.codec != c {
+                    // A codec switch mid-clip would need a second track: end the clip here.
+                    break;
+                }
+                let fd = *first_dts_us.get_or_insert(f.ts_us);
+                if first_pts.is_none() {
+                    first_pts = f.pts_90k;
+                }
+                start_key_us.get_or_insert(f.ts_us);
+                if f.key || pending_bytes > mp4::FRAGMENT_BYTES_MAX {
+                    flush(&mut pending, Some(f.ts_us), c, fd, first_pts, &mut send)?;
+                    pending_bytes = 0;
+                }
+                pending_bytes += f.payload.len();
+                pending.push((f.ts_us, f.pts_90k, f.key, f.payload.to_vec()));
+                frames += 1;
+            }
+        }
+    }
+    if let (Some(c), Some(fd)) = (codec, first_dts_us) {
+        flush(&mut pending, None, c, fd, first_pts, &mut send)?;
+    } else {
+        return Err(Status::not_found(format!("no video of {} in the range", r.camera)));
+    }
+    let digest = storage_core::signing::hex(&hasher.finalize());
+    let manifest = serde_json::json!({
+        "type": "camvault-export-manifest",
+        "version": 1,
+        "file_sha256": digest,
+        "camera": r.camera,
+        "from_us": r.from_us,
+        "to_us": r.to_us,
+        "starts_at_keyframe_us": start_key_us,
+        "from_offset_us": start_key_us.map(|k| r.from_us - k),
+        "frames": frames,
+        "exported_by": p.name,
+        "requester": access.requester,
+        "purpose": access.purpose,
+        "approval_ref": access.approval_ref,
+        "justification": justification,
+        "exported_at_us": now_us(),
+    })
+    .to_string();
+    let (signature, public_key) = server.store.sign(manifest.as_bytes()).map_err(status)?;
+    server.audit_read(
+        p,
+        "video.export",
+        &r.camera,
+        r.from_us,
+        r.to_us,
+        access,
+        &ReadGrant { justification: justification.to_string() },
+        serde_json::json!({ "sha256": digest, "frames": frames }),
+    )?;
+    tx.blocking_send(Ok(proto::ExportChunk {
+        part: Some(proto::export_chunk::Part::Manifest(proto::Manifest { json: manifest, signature, public_key })),
+    }))
+    .map_err(|_| Status::cancelled("the client went away"))
+}
+
+fn hold_to_proto(h: &storage_core::retention::Hold) -> proto::Hold {
+    proto::Hold {
+        id: h.id,
+        case_ref: h.request.case_ref.clone(),
+        cameras: h.request.cameras.clone(),
+        from_us: h.request.from_us,
+        to_us: h.request.to_us,
+        placed_by: h.request.placed_by.clone(),
+        reason: h.request.reason.clone(),
+        placed_us: h.placed_us,
+        released: h.released.is_some(),
+        released_by: h.released.as_ref().map(|r| r.by.clone()).unwrap_or_default(),
+        release_reason: h.released.as_ref().map(|r| r.reason.clone()).unwrap_or_default(),
+        protected_json: serde_json::to_string(&h.protected).unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl proto::holds_server::Holds for Api {
+    async fn place_hold(&self, req: Request<proto::PlaceHoldRequest>) -> Result<Response<proto::Hold>, Status> {
+        let p = self.0.authenticate(&req)?;
+        if !(p.has(Role::Admin) || p.has(Role::Operator)) {
+            return Err(Status::permission_denied(format!("{} may not place legal holds", p.name)));
+        }
+        let r = req.into_inner();
+        if p.has(Role::Operator) && !p.has(Role::Admin) {
+            for c in &r.cameras {
+                let cam = self.0.camera(c)?;
+                if !Server::in_scope(&p, &cam) {
+                    return Err(Status::permission_denied(format!("camera {c} is outside {}'s unit", p.name)));
+                }
+            }
+        }
+        let store = self.0.store.clone();
+        let hold = tokio::task::spawn_blocking(move || {
+            store.place_hold(HoldRequest {
+                case_ref: r.case_ref,
+                cameras: r.cameras,
+                from_us: r.from_us,
+                to_us: r.to_us,
+                placed_by: p.name,
+                reason: r.reason,
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status)?;
+        Ok(Response::new(hold_to_proto(&hold)))
+    }
+
+    async fn release_hold(&self, req: Request<proto::ReleaseHoldRequest>) -> Result<Response<proto::Hold>, Status> {
+        let p = self.0.authenticate(&req)?;
+        Server::require(&p, Role::Admin)?;
+        let r = req.into_inner();
+        let hold = self.0.store.release_hold(r.id, &p.name, &r.reason).map_err(status)?;
+        Ok(Response::new(hold_to_proto(&hold)))
+    }
+
+    async fn list_holds(&self, req: Request<proto::ListHoldsRequest>) -> Result<Response<proto::ListHoldsResponse>, Status> {
+        let p = self.0.authenticate(&req)?;
+        if p.has(Role::Ingest) && p.roles.len() == 1 {
+            return Err(Status::permission_denied("ingest credentials do not list holds"));
+        }
+        let holds = self.0.store.holds(req.get_ref().include_released).map_err(status)?;
+        Ok(Response::new(proto::ListHoldsResponse { holds: holds.iter().map(hold_to_proto).collect() }))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::retention_server::Retention for Api {
+    async fn get_retention(&self, req: Request<proto::GetRetentionRequest>) -> Result<Response<proto::RetentionPolicy>, Status> {
+        let _p = self.0.authenticate(&req)?;
+        let camera = req.into_inner().camera;
+        let days = self.0.store.retention_days(&camera).map_err(status)?;
+        Ok(Response::new(proto::RetentionPolicy { camera, days }))
+    }
+
+    async fn set_retention(&self, req: Request<proto::SetRetentionRequest>) -> Result<Response<proto::RetentionPolicy>, Status> {
+        let p = self.0.authenticate(&req)?;
+        Server::require(&p, Role::Admin)?;
+        let r = req.into_inner();
+        self.0.store.set_retention(&r.camera, r.days, &p.name, &r.reason).map_err(status)?;
+        Ok(Response::new(proto::RetentionPolicy { camera: r.camera, days: r.days }))
+    }
+
+    async fn sweep(&self, req: Request<proto::SweepRequest>) -> Result<Response<proto::SweepResponse>, Status> {
+        let p = self.0.authenticate(&req)?;
+        Server::require(&p, Role::Admin)?;
+        let store = self.0.store.clone();
+        let report =
+            tokio::task::spawn_blocking(move || store.sweep()).await.map_err(|e| Status::internal(e.to_string()))?.map_err(status)?;
+        Ok(Response::new(proto::SweepResponse {
+            erased_segments: report.erased() as u64,
+            held_back: report.held_back as u64,
+            receipts_json: serde_json::to_string(&report.receipts).unwrap_or_default(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::audit_server::Audit for Api {
+    async fn query(&self, req: Request<proto::AuditQueryRequest>) -> Result<Response<proto::AuditQueryResponse>, Status> {
+        let p = self.0.authenticate(&req)?;
+        Server::require(&p, Role::Auditor)?;
+        let r = req.into_inner();
+        let q = AuditQuery {
+            from_us: (r.from_us != 0).then_some(r.from_us),
+            to_us: (r.to_us != 0).then_some(r.to_us),
+            actor: (!r.actor.is_empty()).then_some(r.actor),
+            action: (!r.action.is_empty()).then_some(r.action),
+            camera: (!r.camera.is_empty()).then_some(r.camera),
+            limit: (r.limit != 0).then_some(r.limit as usize),
+        };
+        let entries = self.0.store.audit_query(&q).map_err(status)?;
+        Ok(Response::new(proto::AuditQueryResponse {
+            entries_json: entries.iter().map(|e| serde_json::to_string(e).unwrap_or_default()).collect(),
+        }))
+    }
+
+    async fn verify(&self, req: Request<proto::AuditVerifyRequest>) -> Result<Response<proto::AuditVerifyResponse>, Status> {
+        let p = self.0.authenticate(&req)?;
+        Server::require(&p, Role::Auditor)?;
+        let v = self.0.store.verify_audit().map_err(status)?;
+        Ok(Response::new(proto::AuditVerifyResponse {
+            entries: v.entries,
+            checkpoints: v.checkpoints,
+            ok: v.problem.is_none(),
+            problem: v.problem.map(|(o, s, w)| format!("offset {o}, entry {s:?}: {w}")).unwrap_or_default(),
+            head_hash: v.head_hash,
+            public_key: self.0.store.signing_public_key().map_err(status)?,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::admin_server::Admin for Api {
+    async fn create_token(&self, req: Request<proto::CreateTokenRequest>) -> Result<Response<proto::CreateTokenResponse>, Status> {
+        let p = self.0.authenticate(&req)?;
+        Server::require(&p, Role::Admin)?;
+        let pp = req.into_inner().principal.ok_or_else(|| Status::invalid_argument("principal is required"))?;
+        if pp.name.trim().is_empty() || pp.unit.trim().is_empty() || pp.roles.is_empty() {
+            return Err(Status::invalid_argument("a principal needs a name, a unit and at least one role"));
+        }
+        let roles = pp.roles.iter().map(|r| Role::parse(r)).collect::<Result<Vec<_>, _>>().map_err(Status::invalid_argument)?;
+        let principal = Principal { name: pp.name, unit: pp.unit, roles, sectors: pp.sectors, cameras: pp.cameras };
+        let secret = new_secret().map_err(Status::internal)?;
+        let id = {
+            let mut t = self.0.tokens.lock().map_err(|_| Status::internal("token lock"))?;
+            let id = format!("t{}", t.tokens.len() + 1);
+            t.tokens.push(TokenRecord {
+                id: id.clone(),
+                sha256: sha256_hex(secret.as_bytes()),
+                principal: principal.clone(),
+                created_us: now_us(),
+                revoked: false,
+            });
+            save(&self.0.dir.join("tokens.json"), &*t).map_err(Status::internal)?;
+            id
+        };
+        self.0.audit(AuditRecord {
+            actor: p.name,
+            action: "token.create".into(),
+            detail: serde_json::json!({ "token_id": id, "principal": principal }),
+            ..AuditRecord::default()
+        })?;
+        Ok(Response::new(proto::CreateTokenResponse { token: secret, token_id: id }))
+    }
+
+    async fn revoke_token(&self, req: Request<proto::RevokeTokenRequest>) -> Result<Response<proto::RevokeTokenResponse>, Status> {
+        let p = self.0.authenticate(&req)?;
+        Server::require(&p, Role::Admin)?;
+        let id = req.into_inner().token_id;
+        {
+            let mut t = self.0.tokens.lock().map_err(|_| Status::internal("token lock"))?;
+            let rec = t.tokens.iter_mut().find(|r| r.id == id).ok_or_else(|| Status::not_found(format!("no token {id}")))?;
+            rec.revoked = true;
+            save(&self.0.dir.join("tokens.json"), &*t).map_err(Status::internal)?;
+        }
+        self.0.audit(AuditRecord {
+            actor: p.name,
+            action: "token.revoke".into(),
+            detail: serde_json::json!({ "token_id": id }),
+            ..AuditRecord::default()
+        })?;
+        Ok(Response::new(proto::RevokeTokenResponse {}))
+    }
+
+    async fn list_tokens(&self, req: Request<proto::ListTokensRequest>) -> Result<Response<proto::ListTokensResponse>, Status> {
+        let p = self.0.authenticate(&req)?;
+        Server::require(&p, Role::Admin)?;
+        let t = self.0.tokens.lock().map_err(|_| Status::internal("token lock"))?;
+        let tokens = t
+            .tokens
+            .iter()
+            .map(|r| proto::TokenInfo {
+                token_id: r.id.clone(),
+                principal: Some(to_proto_principal(&r.principal)),
+                created_us: r.created_us,
+                revoked: r.revoked,
+            })
+            .collect();
+        Ok(Response::new(proto::ListTokensResponse { tokens }))
+    }
+
+    async fn decommission(&self, req: Request<proto::DecommissionRequest>) -> Result<Response<proto::DecommissionResponse>, Status> {
+        let p = self.0.authenticate(&req)?;
+        Server::require(&p, Role::Admin)?;
+        let reason = req.into_inner().reason;
+        let store = self.0.store.clone();
+        let cert = tokio::task::spawn_blocking(move || store.decommission(&p.name, &reason))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status)?;
+        Ok(Response::new(proto::DecommissionResponse {
+            certificate_json: cert.document,
+            signature: cert.signature,
+            public_key: cert.public_key,
+        }))
+    }
+}

@@ -1,0 +1,137 @@
+//! Server-side state kept beside the store: principals with their token hashes, and the camera
+//! registry. Small JSON documents, each replaced atomically (temporary file, fsync, rename,
+//! fsync of the directory).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Roles a principal may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Technical rights: accounts, settings, holds, retention, decommission. No video rights
+    /// outside its unit without a declared justification (TN 6.2).
+    Admin,
+    /// Reads its unit's cameras.
+    Operator,
+    /// Reads cameras of its sectors.
+    Viewer,
+    /// Reads the audit log and nothing else.
+    Auditor,
+    /// Publishes video to its cameras only.
+    Ingest,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Result<Role, String> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "operator" => Ok(Role::Operator),
+            "viewer" => Ok(Role::Viewer),
+            "auditor" => Ok(Role::Auditor),
+            "ingest" => Ok(Role::Ingest),
+            other => Err(format!("unknown role {other:?} (admin, operator, viewer, auditor, ingest)")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+            Role::Auditor => "auditor",
+            Role::Ingest => "ingest",
+        }
+    }
+}
+
+/// Who a token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub name: String,
+    pub unit: String,
+    pub roles: Vec<Role>,
+    #[serde(default)]
+    pub sectors: Vec<String>,
+    /// Cameras an ingest credential may publish to.
+    #[serde(default)]
+    pub cameras: Vec<String>,
+}
+
+impl Principal {
+    pub fn has(&self, r: Role) -> bool {
+        self.roles.contains(&r)
+    }
+}
+
+/// A token as stored: only the SHA-256 of the secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub sha256: String,
+    pub principal: Principal,
+    pub created_us: i64,
+    pub revoked: bool,
+}
+
+/// A camera in the registry (TN 7.1, 12.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CameraInfo {
+    pub id: String,
+    pub owning_unit: String,
+    pub sectors: Vec<String>,
+    pub location: String,
+    pub model: String,
+    pub certification: String,
+    pub metadata_updated_us: i64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Tokens {
+    pub tokens: Vec<TokenRecord>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Cameras {
+    pub cameras: BTreeMap<String, CameraInfo>,
+}
+
+/// Hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    storage_core::signing::hex(&Sha256::digest(bytes))
+}
+
+/// A new random token secret: `cvt_` and 64 hex digits (256 bits).
+pub fn new_secret() -> Result<String, String> {
+    let mut b = [0u8; 32];
+    getrandom::getrandom(&mut b).map_err(|e| format!("random source failed: {e}"))?;
+    Ok(format!("cvt_{}", storage_core::signing::hex(&b)))
+}
+
+/// Loads a JSON document, or the default if it does not exist yet.
+pub fn load<T: DeserializeOwned + Default>(path: &Path) -> Result<T, String> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{} is damaged: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Replaces a JSON document atomically and durably.
+pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
+    (|| -> std::io::Result<()> {
+        let f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut &f, &bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })()
+    .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
