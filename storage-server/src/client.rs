@@ -151,6 +151,10 @@ async fn ingest(args: &Args) -> Result<(), String> {
     }
     let start_us = time_arg(args, "--start", crate::now_us())?;
     let frame_us = 1_000_000 / i64::from(fps.max(1));
+    // Capture times follow decode order; presentation times come from the picture order counts
+    // (B-frames), delayed so that no frame is presented before it is decoded.
+    let order = h26x::presentation_order(codec, &config, &aus);
+    let delay = order.iter().enumerate().map(|(n, &p)| n as i64 - p).max().unwrap_or(0).max(0);
     let total = aus.len() as u64;
     let codec_p = if codec == storage_core::Codec::H265 { proto::Codec::H265 } else { proto::Codec::H264 } as i32;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -164,6 +168,7 @@ async fn ingest(args: &Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let mut c = proto::ingest_client::IngestClient::new(connect(args).await?).max_encoding_message_size(crate::server::MESSAGE_BYTES_MAX);
     let sender = tokio::spawn(async move {
+        let order = order;
         let started = Instant::now();
         for (n, au) in aus.into_iter().enumerate() {
             if !fast {
@@ -172,7 +177,7 @@ async fn ingest(args: &Args) -> Result<(), String> {
             }
             let f = proto::Frame {
                 ts_us: start_us + n as i64 * frame_us,
-                pts_90k: Some(n as i64 * frame_us * 9 / 100),
+                pts_90k: Some((order[n] + delay) * frame_us * 9 / 100),
                 key: au.key,
                 payload: au.data,
             };

@@ -370,3 +370,204 @@ pub fn to_length_prefixed(codec: Codec, au: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(n);
     }
 }
+
+/// What slice-header parsing needs from the parameter sets.
+#[derive(Debug, Clone, Copy, Default)]
+struct PocParams {
+    log2_max_frame_num: u32,
+    poc_type: u32,
+    log2_max_poc_lsb: u32,
+    frame_mbs_only: bool,
+    separate_colour_plane: bool,
+    // H.265 PPS fields.
+    output_flag_present: bool,
+    num_extra_slice_header_bits: u32,
+}
+
+fn h264_poc_params(sps: &[u8]) -> Option<PocParams> {
+    let r = rbsp(sps);
+    let mut b = Bits { b: &r, pos: 8 };
+    let profile = b.u(8)?;
+    b.u(16)?;
+    b.ue()?;
+    let mut p = PocParams::default();
+    if matches!(profile, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
+        let chroma = b.ue()?;
+        if chroma == 3 {
+            p.separate_colour_plane = b.u(1)? == 1;
+        }
+        b.ue()?;
+        b.ue()?;
+        b.u(1)?;
+        if b.u(1)? == 1 {
+            // Scaling matrices: rare in CCTV streams; without them parsed, fall back to decode order.
+            return None;
+        }
+    }
+    p.log2_max_frame_num = b.ue()? + 4;
+    p.poc_type = b.ue()?;
+    if p.poc_type == 0 {
+        p.log2_max_poc_lsb = b.ue()? + 4;
+    } else if p.poc_type == 1 {
+        return Some(p);
+    }
+    b.ue()?;
+    b.u(1)?;
+    b.ue()?;
+    b.ue()?;
+    p.frame_mbs_only = b.u(1)? == 1;
+    Some(p)
+}
+
+fn h265_poc_params(sps: &[u8], pps: &[u8]) -> Option<PocParams> {
+    let r = rbsp(sps);
+    let mut b = Bits { b: &r, pos: 16 };
+    b.u(4)?;
+    let max_sub_layers = b.u(3)?;
+    b.u(1)?;
+    b.pos += 96;
+    let mut sub = [(false, false); 8];
+    for s in sub.iter_mut().take(max_sub_layers as usize) {
+        *s = (b.u(1)? == 1, b.u(1)? == 1);
+    }
+    if max_sub_layers > 0 {
+        for _ in max_sub_layers..8 {
+            b.u(2)?;
+        }
+    }
+    for (p, l) in sub.iter().take(max_sub_layers as usize) {
+        b.pos += if *p { 88 } else { 0 } + if *l { 8 } else { 0 };
+    }
+    b.ue()?;
+    let mut p = PocParams::default();
+    if b.ue()? == 3 {
+        p.separate_colour_plane = b.u(1)? == 1;
+    }
+    b.ue()?;
+    b.ue()?;
+    if b.u(1)? == 1 {
+        b.ue()?;
+        b.ue()?;
+        b.ue()?;
+        b.ue()?;
+    }
+    b.ue()?;
+    b.ue()?;
+    p.log2_max_poc_lsb = b.ue()? + 4;
+    let r = rbsp(pps);
+    let mut b = Bits { b: &r, pos: 16 };
+    b.ue()?;
+    b.ue()?;
+    b.u(1)?; // dependent_slice_segments_enabled_flag
+    p.output_flag_present = b.u(1)? == 1;
+    p.num_extra_slice_header_bits = b.u(3)?;
+    Some(p)
+}
+
+/// Picture order count LSB (and whether the picture resets the count) from a picture's first
+/// slice.
+fn poc_lsb(codec: Codec, p: &PocParams, nal: &[u8]) -> Option<(u32, bool)> {
+    let r = rbsp(nal);
+    let t = nal_type(codec, nal);
+    match codec {
+        Codec::H264 => {
+            let mut b = Bits { b: &r, pos: 8 };
+            b.ue()?;
+            b.ue()?;
+            b.ue()?;
+            if p.separate_colour_plane {
+                b.u(2)?;
+            }
+            b.u(p.log2_max_frame_num)?;
+            if !p.frame_mbs_only && b.u(1)? == 1 {
+                b.u(1)?;
+            }
+            if t == 5 {
+                b.ue()?;
+            }
+            Some((b.u(p.log2_max_poc_lsb)?, t == 5))
+        }
+        _ => {
+            let mut b = Bits { b: &r, pos: 16 };
+            b.u(1)?;
+            if (16..=23).contains(&t) {
+                b.u(1)?;
+            }
+            b.ue()?;
+            b.u(p.num_extra_slice_header_bits)?;
+            b.ue()?;
+            if p.output_flag_present {
+                b.u(1)?;
+            }
+            if p.separate_colour_plane {
+                b.u(2)?;
+            }
+            if t == 19 || t == 20 {
+                return Some((0, true));
+            }
+            Some((b.u(p.log2_max_poc_lsb)?, false))
+        }
+    }
+}
+
+/// The presentation index of each access unit (decode order in, display order out), from the
+/// picture order counts; decode order when the stream does not need reordering or cannot be
+/// parsed. Indices are unique and start at 0.
+pub fn presentation_order(codec: Codec, config: &[u8], aus: &[AccessUnit]) -> Vec<i64> {
+    let decode: Vec<i64> = (0..aus.len() as i64).collect();
+    let units = nals(config);
+    let find = |t: u8| units.iter().copied().find(|n| nal_type(codec, n) == t);
+    let params = match codec {
+        Codec::H264 => find(7).and_then(h264_poc_params),
+        _ => find(33).zip(find(34)).and_then(|(s, p)| h265_poc_params(s, p)),
+    };
+    let Some(p) = params else { return decode };
+    if codec == Codec::H264 && p.poc_type != 0 {
+        return decode;
+    }
+    let max = 1i64 << p.log2_max_poc_lsb;
+    let (mut prev_msb, mut prev_lsb) = (0i64, 0i64);
+    let mut pocs = Vec::with_capacity(aus.len());
+    for au in aus {
+        let first_vcl = nals(&au.data).into_iter().find(|n| is_vcl(codec, nal_type(codec, n)));
+        let Some(nal) = first_vcl else { return decode };
+        let Some((lsb, reset)) = poc_lsb(codec, &p, nal) else { return decode };
+        let lsb = i64::from(lsb);
+        if reset {
+            prev_msb = 0;
+            prev_lsb = 0;
+        }
+        let msb = if lsb < prev_lsb && prev_lsb - lsb >= max / 2 {
+            prev_msb + max
+        } else if lsb > prev_lsb && lsb - prev_lsb > max / 2 {
+            prev_msb - max
+        } else {
+            prev_msb
+        };
+        let reference = match codec {
+            Codec::H264 => nal[0] & 0x60 != 0,
+            _ => nal.get(1).is_some_and(|b| b & 7 == 1),
+        };
+        if reference || reset {
+            prev_msb = msb;
+            prev_lsb = lsb;
+        }
+        pocs.push(msb + lsb);
+    }
+    // Rank by POC within each run that starts at a key frame.
+    let mut out = vec![0i64; aus.len()];
+    let mut start = 0;
+    while start < aus.len() {
+        let mut end = start + 1;
+        while end < aus.len() && !aus[end].key {
+            end += 1;
+        }
+        let mut idx: Vec<usize> = (start..end).collect();
+        idx.sort_by_key(|&i| (pocs[i], i));
+        for (rank, i) in idx.into_iter().enumerate() {
+            out[i] = (start + rank) as i64;
+        }
+        start = end;
+    }
+    out
+}

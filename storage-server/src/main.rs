@@ -285,3 +285,26 @@ fn demo(args: &Args) -> Result<(), String> {
     println!("{cameras} demo cameras, {seconds} s each");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_config_parses_with_the_defaults() {
+        let c: ServerConfig = toml::from_str(include_str!("../../camvault.toml")).expect("sample config");
+        assert_eq!(c.listen, "127.0.0.1:50051");
+        assert_eq!(c.retention_days_default, 30);
+        assert_eq!(c.data_dir, PathBuf::from("./camvault-data"));
+        assert!(toml::from_str::<ServerConfig>("unknown_key = 1").is_err(), "typos are refused");
+    }
+
+    #[test]
+    fn positionals_skip_options_and_their_values() {
+        let a = Args { verb: "hold".into(), rest: ["--server", "x", "place", "--fast", "--case", "c", "y"].map(String::from).to_vec() };
+        assert_eq!(a.positional(0), Some("place"));
+        assert_eq!(a.positional(1), Some("y"));
+        assert!(a.flag("--fast"));
+        assert_eq!(a.value("--case"), Some("c"));
+    }
+}

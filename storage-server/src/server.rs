@@ -278,6 +278,9 @@ impl proto::ingest_server::Ingest for Api {
         }
         let cfg = open.codec.ok_or_else(|| Status::invalid_argument("OpenStream needs a codec"))?;
         let codec = codec_from(cfg.codec)?;
+        // The parameter sets must parse as the declared codec: export depends on them.
+        h26x::sample_description(codec, &cfg.config)
+            .map_err(|e| Status::invalid_argument(format!("codec configuration for {}: {e}", open.camera)))?;
         let server = self.0.clone();
         let mut writer = server.store.open_stream(&open.camera, codec, &cfg.config).map_err(status)?;
         let (tx, rx) = mpsc::channel::<Result<proto::PublishResponse, Status>>(64);
@@ -308,6 +311,7 @@ impl proto::ingest_server::Ingest for Api {
                                 }
                                 Some(proto::publish_request::Msg::CodecChange(c)) => {
                                     let codec = codec_from(c.codec)?;
+                                    h26x::sample_description(codec, &c.config).map_err(|e| Status::invalid_argument(format!("codec change: {e}")))?;
                                     writer.set_codec_config(codec, &c.config).map_err(status)?;
                                 }
                                 Some(proto::publish_request::Msg::Open(_)) | None => {
@@ -568,6 +572,7 @@ fn export(
     let mut pending: Vec<(i64, Option<i64>, bool, Vec<u8>)> = Vec::new();
     let mut pending_bytes = 0usize;
     let mut last_duration = 3600u32;
+    let mut reorder_90k: Option<i64> = None;
     let mut flush = |pending: &mut Vec<(i64, Option<i64>, bool, Vec<u8>)>,
                      next_dts_us: Option<i64>,
                      codec: Codec,
@@ -579,6 +584,13 @@ fn export(
             return Ok(());
         }
         let to90k = |us: i64| ((us - first_dts) as i128 * 9 / 100) as i64;
+        // Reorder delay (B-frames): fixed from the first fragment so presentation never precedes
+        // decoding; the manifest's times stay those of the store.
+        if reorder_90k.is_none() {
+            let k = pending.iter().filter_map(|(ts, pts, _, _)| Some(to90k(*ts) - (pts.as_ref()? - first_pts?))).max().unwrap_or(0);
+            reorder_90k = Some(k.max(0));
+        }
+        let k = reorder_90k.unwrap_or(0);
         let mut data = Vec::new();
         let mut samples = Vec::with_capacity(pending.len());
         for i in 0..pending.len() {
@@ -588,7 +600,7 @@ fn export(
             let duration = next.map_or(last_duration, |n| (n - dts).clamp(1, u32::MAX as i64) as u32);
             last_duration = duration;
             let cto = match (pts, first_pts) {
-                (Some(pt), Some(fp)) => (pt - fp - dts).clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+                (Some(pt), Some(fp)) => (pt - fp - dts + k).clamp(0, i32::MAX as i64) as i32,
                 _ => 0,
             };
             let before = data.len();

@@ -1,0 +1,338 @@
+//! End to end on loopback with the real server process and the `camvault` command: ffmpeg-made
+//! H.264 and H.265 (with and without B-frames) ingested, listed, played, exported, checked by
+//! ffprobe and ffmpeg, verified offline; the authorisation matrix; SIGKILL during ingest; bad
+//! input. Needs ffmpeg (Debian package, installed by `.ci/run`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_camvault");
+const T0: &str = "2026-11-23T10:00:00Z";
+const T1: &str = "2026-11-23T10:05:00Z";
+
+struct Server {
+    child: Child,
+    addr: String,
+    admin: String,
+    data: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+fn start(data: &Path, port: u16) -> (Child, Option<String>) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data", data.to_str().expect("utf8"), "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(t) = line.split_whitespace().find(|w| w.starts_with("cvt_")) {
+                let _ = tx.send(t.to_string());
+            }
+        }
+    });
+    // Wait until it accepts connections.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, rx.recv_timeout(Duration::from_millis(500)).ok())
+}
+
+fn server(dir: &Path) -> Server {
+    let data = dir.join("data");
+    let port = free_port();
+    let (child, token) = start(&data, port);
+    Server { child, addr: format!("http://127.0.0.1:{port}"), admin: token.expect("first admin token printed"), data }
+}
+
+fn run(s: &Server, token: &str, args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("CAMVAULT_SERVER", &s.addr).env("CAMVAULT_TOKEN", token).output().expect("run camvault")
+}
+
+fn ok(s: &Server, token: &str, args: &[&str]) -> String {
+    let out = run(s, token, args);
+    assert!(out.status.success(), "camvault {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn token(s: &Server, name: &str, unit: &str, roles: &str, extra: &[&str]) -> String {
+    let mut args = vec!["token", "create", "--name", name, "--unit", unit, "--roles", roles];
+    args.extend_from_slice(extra);
+    ok(s, &s.admin, &args)
+}
+
+fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).output().expect("ffmpeg is installed (apt-get install ffmpeg)");
+    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn encode(dir: &Path, name: &str, codec: &str, bframes: bool, seconds: u32) -> PathBuf {
+    let path = dir.join(name);
+    let t = seconds.to_string();
+    let p = path.to_str().expect("utf8");
+    let bf = if bframes { "3" } else { "0" };
+    match codec {
+        "h264" => ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25",
+            "-t",
+            &t,
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-g",
+            "25",
+            "-bf",
+            bf,
+            p,
+        ]),
+        _ => ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25",
+            "-t",
+            &t,
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx265",
+            "-x265-params",
+            &format!("log-level=error:keyint=25:bframes={bf}"),
+            p,
+        ]),
+    }
+    path
+}
+
+fn frames_in(file: &Path) -> u64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(file)
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn ingest_list_play_export_verify_h264_and_h265() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = server(dir.path());
+    let cams = ["h264-b", "h264-nob", "h265-b", "h265-nob"];
+    for c in cams {
+        ok(&s, &s.admin, &["camera", "put", "--id", c, "--unit", "unit-1", "--sectors", "traffic"]);
+    }
+    let ingest = token(&s, "edge-1", "unit-1", "ingest", &["--cameras", &cams.join(",")]);
+    let op = token(&s, "op-1", "unit-1", "operator", &[]);
+    for (cam, codec, bf) in [("h264-b", "h264", true), ("h264-nob", "h264", false), ("h265-b", "h265", true), ("h265-nob", "h265", false)] {
+        let ext = if codec == "h264" { "h264" } else { "h265" };
+        let src = encode(dir.path(), &format!("{cam}.{ext}"), codec, bf, 4);
+        let out = ok(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", cam, "--fast", "--start", T0]);
+        assert!(out.contains("100 frames ingested and durable"), "{out}");
+        let rec = ok(&s, &op, &["recordings", "--camera", cam, "--from", T0, "--to", T1]);
+        assert!(rec.starts_with("recorded 2026-11-23T10:00:00.000000Z"), "{rec}");
+        let played = ok(&s, &op, &["play", "--camera", cam, "--from", T0, "--to", T1, "--purpose", "review"]);
+        assert_eq!(played, "100 frames");
+        let mp4 = dir.path().join(format!("{cam}.mp4"));
+        let m = mp4.to_str().expect("utf8");
+        ok(
+            &s,
+            &op,
+            &["export", "--camera", cam, "--from", T0, "--to", T1, "--out", m, "--purpose", "incident", "--requester", "traffic police"],
+        );
+        assert_eq!(frames_in(&mp4), 100, "{cam}: every ingested frame is in the file");
+        let dec = Command::new("ffmpeg").args(["-v", "error", "-i", m, "-f", "null", "-"]).output().expect("ffmpeg");
+        assert!(dec.status.success() && dec.stderr.is_empty(), "{cam} decodes without error: {}", String::from_utf8_lossy(&dec.stderr));
+        let manifest = format!("{m}.manifest.json");
+        ok(&s, &op, &["verify-export", m, &manifest]);
+        // One changed byte is caught.
+        let mut bytes = std::fs::read(&mp4).expect("mp4");
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        let bad = dir.path().join(format!("{cam}-bad.mp4"));
+        std::fs::write(&bad, bytes).expect("write");
+        let out = run(&s, &op, &["verify-export", bad.to_str().expect("utf8"), &manifest]);
+        assert!(!out.status.success(), "a changed byte must fail verification");
+    }
+}
+
+#[test]
+fn authorisation_matrix_and_audit_of_every_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = server(dir.path());
+    ok(&s, &s.admin, &["camera", "put", "--id", "cam-u1", "--unit", "unit-1", "--sectors", "traffic"]);
+    ok(&s, &s.admin, &["camera", "put", "--id", "cam-u2", "--unit", "unit-2", "--sectors", "health"]);
+    let ingest = token(&s, "edge", "unit-1", "ingest", &["--cameras", "cam-u1,cam-u2"]);
+    let src = encode(dir.path(), "clip.h264", "h264", false, 2);
+    for c in ["cam-u1", "cam-u2"] {
+        ok(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", c, "--fast", "--start", T0]);
+    }
+    let op1 = token(&s, "op1", "unit-1", "operator", &[]);
+    let viewer_traffic = token(&s, "vt", "sector-centre", "viewer", &["--sectors", "traffic"]);
+    let auditor = token(&s, "aud", "inspectorate", "auditor", &[]);
+    let play = |tok: &str, cam: &str, extra: &[&str]| {
+        let mut a = vec!["play", "--camera", cam, "--from", T0, "--to", T1];
+        a.extend_from_slice(extra);
+        run(&s, tok, &a)
+    };
+    let allowed = |o: &Output| o.status.success();
+    let denied = |o: &Output, code: &str| !o.status.success() && String::from_utf8_lossy(&o.stderr).contains(code);
+    // Operators read their unit's cameras; outside needs an approval reference.
+    assert!(allowed(&play(&op1, "cam-u1", &["--purpose", "p"])));
+    assert!(denied(&play(&op1, "cam-u2", &["--purpose", "p"]), "PermissionDenied"));
+    assert!(allowed(&play(&op1, "cam-u2", &["--purpose", "p", "--approval", "UBND-123"])));
+    // A purpose is always required.
+    assert!(denied(&play(&op1, "cam-u1", &[]), "InvalidArgument"));
+    // Viewers read cameras of their sectors.
+    assert!(allowed(&play(&viewer_traffic, "cam-u1", &["--purpose", "p"])));
+    assert!(denied(&play(&viewer_traffic, "cam-u2", &["--purpose", "p"]), "PermissionDenied"));
+    // Admin rights are not video rights: outside its unit, only with a justification.
+    assert!(denied(&play(&s.admin, "cam-u1", &["--purpose", "p"]), "PermissionDenied"));
+    assert!(allowed(&play(&s.admin, "cam-u1", &["--purpose", "p", "--justification", "emergency"])));
+    assert!(allowed(&play(&s.admin, "cam-u1", &["--purpose", "p", "--justification", "repair"])));
+    assert!(denied(&play(&s.admin, "cam-u1", &["--purpose", "p", "--justification", "written-request"]), "InvalidArgument"));
+    assert!(allowed(&play(&s.admin, "cam-u1", &["--purpose", "p", "--justification", "written-request", "--document", "CV-77/2026"])));
+    // Auditors and ingest credentials read no video; auditors read the audit log.
+    assert!(denied(&play(&auditor, "cam-u1", &["--purpose", "p"]), "PermissionDenied"));
+    assert!(denied(&play(&ingest, "cam-u1", &["--purpose", "p"]), "PermissionDenied"));
+    assert!(denied(&run(&s, &op1, &["audit", "verify"]), "PermissionDenied"));
+    assert!(ok(&s, &auditor, &["audit", "verify"]).contains("signed checkpoints"));
+    // Ingest credentials publish only to their cameras; others may not publish.
+    ok(&s, &s.admin, &["camera", "put", "--id", "cam-other", "--unit", "unit-1"]);
+    assert!(denied(&run(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", "cam-other", "--fast"]), "PermissionDenied"));
+    assert!(denied(&run(&s, &op1, &["ingest", src.to_str().expect("utf8"), "--camera", "cam-u1", "--fast"]), "PermissionDenied"));
+    // Admin-only calls.
+    assert!(denied(&run(&s, &op1, &["token", "list"]), "PermissionDenied"));
+    assert!(denied(&run(&s, &op1, &["retention", "set", "--camera", "cam-u1", "--days", "60"]), "PermissionDenied"));
+    assert!(denied(&run(&s, &s.admin, &["retention", "set", "--camera", "cam-u1", "--days", "7"]), "FailedPrecondition"));
+    ok(&s, &s.admin, &["retention", "set", "--camera", "cam-u1", "--days", "60"]);
+    // Export outside scope needs an approval reference.
+    let out = dir.path().join("x.mp4");
+    let o = out.to_str().expect("utf8");
+    assert!(denied(
+        &run(&s, &op1, &["export", "--camera", "cam-u2", "--from", T0, "--to", T1, "--out", o, "--purpose", "p"]),
+        "PermissionDenied"
+    ));
+    ok(
+        &s,
+        &op1,
+        &[
+            "export",
+            "--camera",
+            "cam-u2",
+            "--from",
+            T0,
+            "--to",
+            T1,
+            "--out",
+            o,
+            "--purpose",
+            "court",
+            "--requester",
+            "court-7",
+            "--approval",
+            "UBND-9",
+        ],
+    );
+    // Unauthenticated calls are refused.
+    assert!(denied(&run(&s, "cvt_0000", &["camera", "list"]), "Unauthenticated"));
+    // Every allowed read left its entry, with who, camera, purpose, approval and justification.
+    let reads = ok(&s, &auditor, &["audit", "query", "--action", "video."]);
+    let entries: Vec<serde_json::Value> = reads.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert_eq!(entries.iter().filter(|e| e["action"] == "video.read").count(), 6, "{reads}");
+    assert!(entries.iter().any(|e| e["actor"] == "admin" && e["justification"] == "written_request:CV-77/2026"));
+    assert!(entries.iter().any(|e| e["actor"] == "op1" && e["approval_ref"] == "UBND-123" && e["cameras"][0] == "cam-u2"));
+    let export = entries.iter().find(|e| e["action"] == "video.export").expect("export audited");
+    assert_eq!(export["requester"], "court-7");
+    assert_eq!(export["detail"]["sha256"].as_str().map(str::len), Some(64));
+    let logins = ok(&s, &auditor, &["audit", "query", "--action", "login"]);
+    assert!(logins.lines().count() >= 4);
+}
+
+#[test]
+fn sigkill_during_ingest_keeps_every_acknowledged_frame() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = server(dir.path());
+    ok(&s, &s.admin, &["camera", "put", "--id", "cam-k", "--unit", "unit-1"]);
+    let ingest = token(&s, "edge", "unit-1", "ingest", &["--cameras", "cam-k"]);
+    let op = token(&s, "op", "unit-1", "operator", &[]);
+    let src = encode(dir.path(), "long.h264", "h264", true, 20);
+    // Paced at 25 fps: the kill lands mid-stream.
+    let client = Command::new(BIN)
+        .args(["ingest", src.to_str().expect("utf8"), "--camera", "cam-k", "--start", T0])
+        .env("CAMVAULT_SERVER", &s.addr)
+        .env("CAMVAULT_TOKEN", &ingest)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("client");
+    std::thread::sleep(Duration::from_secs(4));
+    s.child.kill().expect("SIGKILL");
+    let _ = s.child.wait();
+    let out = client.wait_with_output().expect("client exits");
+    let progress = String::from_utf8_lossy(&out.stderr);
+    // The last "N/500" the client printed is the highest durable acknowledgement it received.
+    let acked: u64 = progress
+        .split('\r')
+        .filter_map(|p| p.split_whitespace().find(|w| w.contains('/')).and_then(|w| w.split('/').next()).and_then(|n| n.parse().ok()))
+        .max()
+        .unwrap_or(0);
+    assert!(acked > 0, "some frames were acknowledged before the kill: {progress}");
+    let port: u16 = s.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let (child, _) = start(&s.data, port);
+    s.child = child;
+    let played = ok(&s, &op, &["play", "--camera", "cam-k", "--from", T0, "--to", T1, "--purpose", "check"]);
+    let frames: u64 = played.split_whitespace().next().and_then(|n| n.parse().ok()).expect("count");
+    assert!(frames >= acked, "{frames} frames after restart, {acked} were acknowledged");
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = server(dir.path());
+    ok(&s, &s.admin, &["camera", "put", "--id", "cam-1", "--unit", "unit-1"]);
+    let ingest = token(&s, "edge", "unit-1", "ingest", &["--cameras", "cam-1,ghost"]);
+    let op = token(&s, "op", "unit-1", "operator", &[]);
+    let src = encode(dir.path(), "a.h264", "h264", false, 2);
+    ok(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", "cam-1", "--fast", "--start", T0]);
+    // The same video again overlaps what is stored: refused, nothing lost.
+    let again = run(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", "cam-1", "--fast", "--start", T0]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("AlreadyExists"), "{}", String::from_utf8_lossy(&again.stderr));
+    // Not an elementary stream.
+    let junk = dir.path().join("junk.h264");
+    std::fs::write(&junk, b"this is not video").expect("write");
+    let out = run(&s, &ingest, &["ingest", junk.to_str().expect("utf8"), "--camera", "cam-1", "--fast"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("access units"));
+    // Wrong codec data: H.264 bytes declared as H.265 carry no VPS.
+    let out = run(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", "cam-1", "--fast", "--codec", "h265", "--start", T1]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // Malformed times and unknown cameras.
+    let out = run(&s, &op, &["recordings", "--camera", "cam-1", "--from", "yesterday"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
+    let out = run(&s, &op, &["play", "--camera", "nope", "--from", T0, "--to", T1, "--purpose", "p"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NotFound"));
+    // The server still serves, and the stored video is whole.
+    let played = ok(&s, &op, &["play", "--camera", "cam-1", "--from", T0, "--to", T1, "--purpose", "check"]);
+    assert_eq!(played, "50 frames");
+}
