@@ -14,6 +14,7 @@
 
 mod client;
 mod h26x;
+mod metrics;
 mod mp4;
 mod proto;
 mod server;
@@ -138,6 +139,13 @@ struct ServerConfig {
     flush_interval_ms: u64,
     #[serde(default = "default_sweep_s")]
     sweep_interval_s: u64,
+    /// Prometheus metrics address; empty disables.
+    #[serde(default = "default_metrics")]
+    metrics_listen: String,
+}
+
+fn default_metrics() -> String {
+    "127.0.0.1:9464".into()
 }
 
 fn default_data() -> PathBuf {
@@ -168,6 +176,7 @@ fn load_config(args: &Args) -> Result<ServerConfig, String> {
             retention_days_default: default_retention(),
             flush_interval_ms: default_flush_ms(),
             sweep_interval_s: default_sweep_s(),
+            metrics_listen: args.value("--metrics").map(String::from).unwrap_or_else(default_metrics),
         }),
     }
 }
@@ -189,7 +198,16 @@ fn serve(args: &Args) -> Result<(), String> {
     }
     let addr: std::net::SocketAddr = cfg.listen.parse().map_err(|e| format!("listen address {}: {e}", cfg.listen))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let store_for_metrics = store.clone();
     rt.block_on(async move {
+        let store = store_for_metrics;
+        if !cfg.metrics_listen.is_empty() {
+            let l = tokio::net::TcpListener::bind(&cfg.metrics_listen)
+                .await
+                .map_err(|e| format!("cannot listen on {} for metrics: {e}", cfg.metrics_listen))?;
+            tracing::info!(addr = %cfg.metrics_listen, "Prometheus metrics at /metrics");
+            tokio::spawn(metrics::serve(l, srv.metrics.clone(), store.clone()));
+        }
         let api = server::Api(Arc::new(srv));
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
@@ -215,8 +233,9 @@ fn serve(args: &Args) -> Result<(), String> {
             tracing::info!("shutting down: finishing streams, making every acknowledged frame durable");
         };
         tonic::transport::Server::builder()
+            // Per-connection concurrency is bounded; deadlines come from each call's grpc-timeout
+            // (a live publish stream has none), and silent publishers time out on their own.
             .concurrency_limit_per_connection(256)
-            .timeout(Duration::from_secs(3600))
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -43,6 +43,7 @@ pub struct Server {
     tokens: Mutex<Tokens>,
     cameras: Mutex<Cameras>,
     seen_logins: Mutex<HashSet<(String, String)>>,
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 /// Maps storage errors to gRPC status codes with messages a person can act on.
@@ -132,7 +133,14 @@ impl Server {
             first = Some(secret);
         }
         Ok((
-            Server { store, dir, tokens: Mutex::new(tokens), cameras: Mutex::new(cameras), seen_logins: Mutex::new(HashSet::new()) },
+            Server {
+                store,
+                dir,
+                tokens: Mutex::new(tokens),
+                cameras: Mutex::new(cameras),
+                seen_logins: Mutex::new(HashSet::new()),
+                metrics: Arc::new(crate::metrics::ServerMetrics::default()),
+            },
             first,
         ))
     }
@@ -145,6 +153,7 @@ impl Server {
     fn authenticate<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
         let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
         let Some(secret) = header.strip_prefix("Bearer ").map(str::trim) else {
+            self.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(Status::unauthenticated("missing bearer token: send `authorization: Bearer <token>`"));
         };
         let hash = sha256_hex(secret.as_bytes());
@@ -153,6 +162,7 @@ impl Server {
             t.tokens.iter().find(|t| t.sha256 == hash && !t.revoked).map(|t| (t.id.clone(), t.principal.clone()))
         };
         let Some((id, principal)) = found else {
+            self.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(Status::unauthenticated("unknown or revoked token"));
         };
         let peer = req.remote_addr().map(|a: SocketAddr| a.to_string()).unwrap_or_default();
@@ -189,6 +199,14 @@ impl Server {
     /// allowed; an admin outside its unit only with one of the three justifications; an
     /// operator or viewer outside scope only with an approval reference.
     fn authorize_read(&self, p: &Principal, c: &CameraInfo, a: &proto::Access) -> Result<ReadGrant, Status> {
+        let r = self.authorize_read_inner(p, c, a);
+        if matches!(&r, Err(e) if e.code() == tonic::Code::PermissionDenied) {
+            self.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn authorize_read_inner(&self, p: &Principal, c: &CameraInfo, a: &proto::Access) -> Result<ReadGrant, Status> {
         if !(p.has(Role::Admin) || p.has(Role::Operator) || p.has(Role::Viewer)) {
             return Err(Status::permission_denied(format!("{} may not read video", p.name)));
         }
@@ -264,7 +282,10 @@ impl proto::ingest_server::Ingest for Api {
 
     async fn publish(&self, req: Request<Streaming<proto::PublishRequest>>) -> Result<Response<Self::PublishStream>, Status> {
         let p = self.0.authenticate(&req)?;
-        Server::require(&p, Role::Ingest)?;
+        if let Err(e) = Server::require(&p, Role::Ingest) {
+            self.0.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(e);
+        }
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(PUBLISH_IDLE_TIMEOUT, inbound.next())
             .await
@@ -274,6 +295,7 @@ impl proto::ingest_server::Ingest for Api {
             return Err(Status::invalid_argument("the first message must open the stream (camera and codec)"));
         };
         if !p.cameras.contains(&open.camera) {
+            self.0.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(Status::permission_denied(format!("{} may not publish to camera {}", p.name, open.camera)));
         }
         let cfg = open.codec.ok_or_else(|| Status::invalid_argument("OpenStream needs a codec"))?;
@@ -303,10 +325,19 @@ impl proto::ingest_server::Ingest for Api {
                                 Some(proto::publish_request::Msg::Frame(f)) => {
                                     let r = tokio::task::block_in_place(|| writer.append(FrameIn { ts_us: f.ts_us, pts_90k: f.pts_90k, key: f.key, payload: &f.payload }));
                                     match r {
-                                        Ok(seq) => accepted = seq,
+                                        Ok(seq) => {
+                                            accepted = seq;
+                                            server.metrics.camera(&camera, |c| {
+                                                c.frames += 1;
+                                                c.bytes += f.payload.len() as u64;
+                                            });
+                                        }
                                         // A refused frame ends the stream with a clear status;
                                         // everything accepted before it is sealed below.
-                                        Err(e) => return Err(status(e)),
+                                        Err(e) => {
+                                            server.metrics.camera(&camera, |c| c.refused += 1);
+                                            return Err(status(e));
+                                        }
                                     }
                                 }
                                 Some(proto::publish_request::Msg::CodecChange(c)) => {
@@ -322,6 +353,7 @@ impl proto::ingest_server::Ingest for Api {
                         _ = tick.tick() => {}
                     }
                     let durable = writer.durable_seq();
+                    server.metrics.camera(&camera, |c| c.durable_lag = accepted.saturating_sub(durable));
                     if durable > acked || (accepted > 0 && accepted.is_multiple_of(25)) {
                         acked = durable;
                         if tx.send(Ok(proto::PublishResponse { accepted_seq: accepted, durable_seq: durable })).await.is_err() {

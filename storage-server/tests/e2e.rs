@@ -17,6 +17,7 @@ struct Server {
     addr: String,
     admin: String,
     data: PathBuf,
+    metrics_port: u16,
 }
 
 impl Drop for Server {
@@ -30,9 +31,17 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
 }
 
-fn start(data: &Path, port: u16) -> (Child, Option<String>) {
+fn start(data: &Path, port: u16, metrics_port: u16) -> (Child, Option<String>) {
     let mut child = Command::new(BIN)
-        .args(["serve", "--data", data.to_str().expect("utf8"), "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--data",
+            data.to_str().expect("utf8"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics",
+            &format!("127.0.0.1:{metrics_port}"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -58,8 +67,9 @@ fn start(data: &Path, port: u16) -> (Child, Option<String>) {
 fn server(dir: &Path) -> Server {
     let data = dir.join("data");
     let port = free_port();
-    let (child, token) = start(&data, port);
-    Server { child, addr: format!("http://127.0.0.1:{port}"), admin: token.expect("first admin token printed"), data }
+    let metrics_port = free_port();
+    let (child, token) = start(&data, port, metrics_port);
+    Server { child, addr: format!("http://127.0.0.1:{port}"), admin: token.expect("first admin token printed"), data, metrics_port }
 }
 
 fn run(s: &Server, token: &str, args: &[&str]) -> Output {
@@ -267,6 +277,25 @@ fn authorisation_matrix_and_audit_of_every_read() {
     assert_eq!(export["detail"]["sha256"].as_str().map(str::len), Some(64));
     let logins = ok(&s, &auditor, &["audit", "query", "--action", "login"]);
     assert!(logins.lines().count() >= 4);
+    // Prometheus metrics count the frames in and the refusals.
+    let metrics = http_get(s.metrics_port, "/metrics");
+    assert!(metrics.contains("camvault_frames_in_total{camera=\"cam-u1\"} 50"), "{metrics}");
+    let failures: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("camvault_authorization_failures_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("authorization failures metric");
+    assert!(failures >= 8, "{failures}");
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
 }
 
 #[test]
@@ -299,7 +328,7 @@ fn sigkill_during_ingest_keeps_every_acknowledged_frame() {
         .unwrap_or(0);
     assert!(acked > 0, "some frames were acknowledged before the kill: {progress}");
     let port: u16 = s.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-    let (child, _) = start(&s.data, port);
+    let (child, _) = start(&s.data, port, s.metrics_port);
     s.child = child;
     let played = ok(&s, &op, &["play", "--camera", "cam-k", "--from", T0, "--to", T1, "--purpose", "check"]);
     let frames: u64 = played.split_whitespace().next().and_then(|n| n.parse().ok()).expect("count");

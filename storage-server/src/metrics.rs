@@ -1,0 +1,97 @@
+//! Prometheus metrics over plain HTTP (`GET /metrics`, text format 0.0.4) on their own port.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Per-camera ingest counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CameraCounters {
+    pub frames: u64,
+    pub bytes: u64,
+    pub refused: u64,
+    /// Frames accepted but not yet durable, as of the last acknowledgement.
+    pub durable_lag: u64,
+}
+
+/// Counters the server updates.
+#[derive(Debug, Default)]
+pub struct ServerMetrics {
+    pub cameras: Mutex<BTreeMap<String, CameraCounters>>,
+    pub auth_failures: AtomicU64,
+}
+
+impl ServerMetrics {
+    pub fn camera(&self, camera: &str, f: impl FnOnce(&mut CameraCounters)) {
+        if let Ok(mut m) = self.cameras.lock() {
+            f(m.entry(camera.to_string()).or_default());
+        }
+    }
+}
+
+fn render(m: &ServerMetrics, store: &storage_core::Store) -> String {
+    let mut out = String::new();
+    let cams = m.cameras.lock().map(|c| c.clone()).unwrap_or_default();
+    let series: [(&str, &str, &str, fn(&CameraCounters) -> u64); 4] = [
+        ("camvault_frames_in_total", "counter", "Frames accepted per camera.", |c| c.frames),
+        ("camvault_bytes_in_total", "counter", "Payload bytes accepted per camera.", |c| c.bytes),
+        ("camvault_refused_frames_total", "counter", "Frames refused per camera (bad input, overlap, full disk).", |c| c.refused),
+        ("camvault_durable_lag_frames", "gauge", "Frames accepted but not yet durable at the last acknowledgement.", |c| c.durable_lag),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (cam, c) in &cams {
+            let _ = writeln!(out, "{name}{{camera=\"{cam}\"}} {}", get(c));
+        }
+    }
+    let s = store.metrics();
+    let globals = [
+        (
+            "camvault_refused_writes_no_space_total",
+            "counter",
+            "Writes refused because the disk was full.",
+            s.no_space_refusals.load(Ordering::Relaxed),
+        ),
+        ("camvault_segments_erased_total", "counter", "Segments crypto-erased.", s.segments_erased.load(Ordering::Relaxed)),
+        ("camvault_fsync_failures_total", "counter", "Failed fsyncs (each poisons its writer).", s.fsync_failures.load(Ordering::Relaxed)),
+        (
+            "camvault_authorization_failures_total",
+            "counter",
+            "Calls refused as unauthenticated or not permitted.",
+            m.auth_failures.load(Ordering::Relaxed),
+        ),
+        ("camvault_out_of_space", "gauge", "1 while the disk is full.", u64::from(store.is_out_of_space())),
+        ("camvault_corruptions", "gauge", "Damaged structures found so far.", store.corruptions().len() as u64),
+    ];
+    for (name, kind, help, v) in globals {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+    out
+}
+
+/// Serves `/metrics` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, m: Arc<ServerMetrics>, store: Arc<storage_core::Store>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let (m, store) = (m.clone(), store.clone());
+        tokio::spawn(async move {
+            // Requests are tiny; 4 KiB bounds what a client can make us read.
+            let mut buf = [0u8; 4096];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let resp = if req.starts_with("GET /metrics") {
+                let body = render(&m, &store);
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+            };
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
