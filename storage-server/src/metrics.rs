@@ -32,10 +32,13 @@ impl ServerMetrics {
     }
 }
 
+/// Name, type, help text and accessor of a per-camera series.
+type Series = (&'static str, &'static str, &'static str, fn(&CameraCounters) -> u64);
+
 fn render(m: &ServerMetrics, store: &storage_core::Store) -> String {
     let mut out = String::new();
     let cams = m.cameras.lock().map(|c| c.clone()).unwrap_or_default();
-    let series: [(&str, &str, &str, fn(&CameraCounters) -> u64); 4] = [
+    let series: [Series; 4] = [
         ("camvault_frames_in_total", "counter", "Frames accepted per camera.", |c| c.frames),
         ("camvault_bytes_in_total", "counter", "Payload bytes accepted per camera.", |c| c.bytes),
         ("camvault_refused_frames_total", "counter", "Frames refused per camera (bad input, overlap, full disk).", |c| c.refused),
