@@ -123,6 +123,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long running calls (live publishers, follows) may continue after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// `camvault.toml` (see the sample in the repository root).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,15 +227,18 @@ fn serve(args: &Args) -> Result<(), String> {
         let m = server::MESSAGE_BYTES_MAX;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         tracing::info!(%addr, data = %cfg.data_dir.display(), "camvault serving");
-        let shutdown = async {
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let stop_signal = stopping.clone();
+        let shutdown = async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
             }
-            tracing::info!("shutting down: finishing streams, making every acknowledged frame durable");
+            tracing::info!("shutting down: no new calls; running calls get {} s", SHUTDOWN_GRACE.as_secs());
+            stop_signal.notify_one();
         };
-        tonic::transport::Server::builder()
+        let serving = tonic::transport::Server::builder()
             // Per-connection concurrency is bounded; deadlines come from each call's grpc-timeout
             // (a live publish stream has none), and silent publishers time out on their own.
             .concurrency_limit_per_connection(256)
@@ -247,10 +253,17 @@ fn serve(args: &Args) -> Result<(), String> {
             .add_service(proto::retention_server::RetentionServer::new(api.clone()))
             .add_service(proto::audit_server::AuditServer::new(api.clone()))
             .add_service(proto::admin_server::AdminServer::new(api.clone()))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-            .await
-            .map_err(|e| e.to_string())
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown);
+        tokio::select! {
+            r = serving => r.map_err(|e| e.to_string()),
+            _ = async { stopping.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                tracing::warn!("calls still running after the grace period: closing them (their segments are sealed)");
+                Ok(())
+            }
+        }
     })?;
+    // The runtime's tasks are dropped with it: each open stream's writer seals its segment.
+    drop(rt);
     // Dropping the last handle flushes: every acknowledged frame is durable before exit.
     store.flush().map_err(|e| e.to_string())?;
     drop(store);

@@ -365,3 +365,47 @@ fn bad_input_gets_clear_errors_and_loses_nothing() {
     let played = ok(&s, &op, &["play", "--camera", "cam-1", "--from", T0, "--to", T1, "--purpose", "check"]);
     assert_eq!(played, "50 frames");
 }
+
+#[test]
+fn sigterm_stops_gracefully_and_keeps_what_was_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = server(dir.path());
+    ok(&s, &s.admin, &["camera", "put", "--id", "cam-t", "--unit", "unit-1"]);
+    let ingest = token(&s, "edge", "unit-1", "ingest", &["--cameras", "cam-t"]);
+    let op = token(&s, "op", "unit-1", "operator", &[]);
+    let src = encode(dir.path(), "long.h265", "h265", false, 30);
+    let client = Command::new(BIN)
+        .args(["ingest", src.to_str().expect("utf8"), "--camera", "cam-t", "--start", T0])
+        .env("CAMVAULT_SERVER", &s.addr)
+        .env("CAMVAULT_TOKEN", &ingest)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("client");
+    std::thread::sleep(Duration::from_secs(3));
+    let term = Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().expect("kill");
+    assert!(term.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the server did not stop within its grace period");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "a graceful stop exits cleanly: {status:?}");
+    let out = client.wait_with_output().expect("client");
+    let progress = String::from_utf8_lossy(&out.stderr);
+    let acked: u64 = progress
+        .split('\r')
+        .filter_map(|p| p.split_whitespace().find(|w| w.contains('/')).and_then(|w| w.split('/').next()).and_then(|n| n.parse().ok()))
+        .max()
+        .unwrap_or(0);
+    assert!(acked > 0, "{progress}");
+    let port: u16 = s.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let (child, _) = start(&s.data, port, s.metrics_port);
+    s.child = child;
+    let played = ok(&s, &op, &["play", "--camera", "cam-t", "--from", T0, "--to", T1, "--purpose", "check"]);
+    let frames: u64 = played.split_whitespace().next().and_then(|n| n.parse().ok()).expect("count");
+    assert!(frames >= acked, "{frames} frames after restart, {acked} were acknowledged");
+}
