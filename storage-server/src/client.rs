@@ -28,8 +28,26 @@ async fn connect(args: &Args) -> Result<Chan, String> {
         .map(String::from)
         .or_else(|| std::env::var("CAMVAULT_TOKEN").ok())
         .ok_or("a token is required: --token or CAMVAULT_TOKEN")?;
-    let channel =
-        Channel::from_shared(addr.clone()).map_err(|e| e.to_string())?.connect().await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    let mut endpoint = Channel::from_shared(addr.clone()).map_err(|e| e.to_string())?;
+    let opt = |flag: &str, env: &str| args.value(flag).map(String::from).or_else(|| std::env::var(env).ok());
+    if let Some(ca) = opt("--ca", "CAMVAULT_CA") {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |p: &str| std::fs::read(p).map_err(|e| format!("cannot read {p}: {e}"));
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&ca)?));
+        if let (Some(c), Some(k)) = (opt("--cert", "CAMVAULT_CERT"), opt("--key", "CAMVAULT_KEY")) {
+            tls = tls.identity(Identity::from_pem(read(&c)?, read(&k)?));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| {
+        let mut msg = format!("cannot reach {addr}: {e}");
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        msg
+    })?;
     let header: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| "the token is not a valid header value")?;
     let auth: Auth = Box::new(move |mut req: Request<()>| {
         req.metadata_mut().insert("authorization", header.clone());

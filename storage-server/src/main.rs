@@ -75,6 +75,7 @@ pub fn now_us() -> i64 {
 
 const USAGE: &str = "usage: camvault <command> [options]
   serve [--config camvault.toml]           run the gRPC server (embedded default: ./camvault-data on 127.0.0.1:50051)
+        [--data DIR] [--listen ADDR] [--metrics ADDR] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
   ingest FILE --camera ID [--fps 25] [--fast] [--codec h264|h265]
   recordings --camera ID [--from T] [--to T]
   play --camera ID --from T --to T --purpose P [--follow] [--requester R] [--approval REF] [--justification emergency|repair|written-request --document REF]
@@ -87,7 +88,8 @@ const USAGE: &str = "usage: camvault <command> [options]
   verify-export FILE.mp4 MANIFEST.json [--public-key HEX]
   scrub [--data DIR]                       check every sealed segment without keys
   demo [--data DIR] [--cameras N] [--seconds S]   write synthetic streams locally
-client options: --server http://HOST:PORT (or CAMVAULT_SERVER), --token TOKEN (or CAMVAULT_TOKEN); times are RFC 3339";
+client options: --server http(s)://HOST:PORT (or CAMVAULT_SERVER), --token TOKEN (or CAMVAULT_TOKEN),
+  TLS: --ca CA.pem [--cert client.pem --key client.key] (or CAMVAULT_CA, CAMVAULT_CERT, CAMVAULT_KEY); times are RFC 3339";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -142,6 +144,15 @@ struct ServerConfig {
     flush_interval_ms: u64,
     #[serde(default = "default_sweep_s")]
     sweep_interval_s: u64,
+    /// Server certificate chain (PEM); with `tls_key`, the server speaks TLS only.
+    #[serde(default)]
+    tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[serde(default)]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to: mutual TLS.
+    #[serde(default)]
+    tls_client_ca: Option<PathBuf>,
     /// Prometheus metrics address; empty disables.
     #[serde(default = "default_metrics")]
     metrics_listen: String,
@@ -180,6 +191,9 @@ fn load_config(args: &Args) -> Result<ServerConfig, String> {
             flush_interval_ms: default_flush_ms(),
             sweep_interval_s: default_sweep_s(),
             metrics_listen: args.value("--metrics").map(String::from).unwrap_or_else(default_metrics),
+            tls_cert: args.value("--tls-cert").map(PathBuf::from),
+            tls_key: args.value("--tls-key").map(PathBuf::from),
+            tls_client_ca: args.value("--tls-client-ca").map(PathBuf::from),
         }),
     }
 }
@@ -204,7 +218,7 @@ fn serve(args: &Args) -> Result<(), String> {
     let store_for_metrics = store.clone();
     rt.block_on(async move {
         let store = store_for_metrics;
-        if !cfg.metrics_listen.is_empty() {
+        if !cfg.metrics_listen.trim().is_empty() {
             let l = tokio::net::TcpListener::bind(&cfg.metrics_listen)
                 .await
                 .map_err(|e| format!("cannot listen on {} for metrics: {e}", cfg.metrics_listen))?;
@@ -238,7 +252,11 @@ fn serve(args: &Args) -> Result<(), String> {
             tracing::info!("shutting down: no new calls; running calls get {} s", SHUTDOWN_GRACE.as_secs());
             stop_signal.notify_one();
         };
-        let serving = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls_config(&cfg)? {
+            builder = builder.tls_config(tls).map_err(|e| format!("TLS configuration: {e}"))?;
+        }
+        let serving = builder
             // Per-connection concurrency is bounded; deadlines come from each call's grpc-timeout
             // (a live publish stream has none), and silent publishers time out on their own.
             .concurrency_limit_per_connection(256)
@@ -268,6 +286,28 @@ fn serve(args: &Args) -> Result<(), String> {
     store.flush().map_err(|e| e.to_string())?;
     drop(store);
     Ok(())
+}
+
+/// TLS (and mutual TLS) from the configuration; `None` for plaintext.
+fn tls_config(cfg: &ServerConfig) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    match (&cfg.tls_cert, &cfg.tls_key) {
+        (None, None) => {
+            if cfg.tls_client_ca.is_some() {
+                return Err("tls_client_ca needs tls_cert and tls_key".into());
+            }
+            Ok(None)
+        }
+        (Some(c), Some(k)) => {
+            let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(c)?, read(k)?));
+            if let Some(ca) = &cfg.tls_client_ca {
+                tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+            }
+            Ok(Some(tls))
+        }
+        _ => Err("tls_cert and tls_key go together".into()),
+    }
 }
 
 fn open_local(args: &Args) -> Result<Store, String> {

@@ -409,3 +409,101 @@ fn sigterm_stops_gracefully_and_keeps_what_was_acknowledged() {
     let frames: u64 = played.split_whitespace().next().and_then(|n| n.parse().ok()).expect("count");
     assert!(frames >= acked, "{frames} frames after restart, {acked} were acknowledged");
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn mutual_tls_admits_only_clients_with_a_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=camvault test CA",
+        ],
+    );
+    std::fs::write(d.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").expect("ext");
+    std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
+    for (name, cn) in [("server", "localhost"), ("client", "operator-console")] {
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+    let port = free_port();
+    let p = |f: &str| d.join(f).to_str().expect("utf8").to_string();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data", &p("data"), "--listen", &format!("127.0.0.1:{port}"), "--metrics", ""])
+        .args(["--tls-cert", &p("server.pem"), "--tls-key", &p("server.key"), "--tls-client-ca", &p("ca.pem")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server");
+    let mut line = String::new();
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    reader.read_line(&mut line).expect("token line");
+    let admin = line.split_whitespace().find(|w| w.starts_with("cvt_")).expect("admin token").to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let call = |server: &str, extra: &[&str]| {
+        Command::new(BIN).args(["camera", "list", "--server", server, "--token", &admin]).args(extra).output().expect("client")
+    };
+    let https = format!("https://127.0.0.1:{port}");
+    let with_cert = call(&https, &["--ca", &p("ca.pem"), "--cert", &p("client.pem"), "--key", &p("client.key")]);
+    let without_cert = call(&https, &["--ca", &p("ca.pem")]);
+    let plaintext = call(&format!("http://127.0.0.1:{port}"), &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(with_cert.status.success(), "{}", String::from_utf8_lossy(&with_cert.stderr));
+    assert!(!without_cert.status.success(), "a client without a certificate is refused");
+    assert!(!plaintext.status.success(), "plaintext is refused");
+}
