@@ -151,7 +151,7 @@ pub async fn run(verb: &str, args: &Args) -> Result<(), String> {
 }
 
 async fn ingest(args: &Args) -> Result<(), String> {
-    let file = args.positional(0).ok_or("usage: camvault ingest FILE --camera ID [--fps N] [--fast]")?;
+    let file = args.positional(0).ok_or("usage: camvault ingest FILE.h264|FILE.h265|FILE.mp4 --camera ID [--fps N] [--fast]")?;
     let camera = args.value("--camera").ok_or("--camera is required")?.to_string();
     let codec = match args.value("--codec") {
         Some("h265") | Some("hevc") => storage_core::Codec::H265,
@@ -163,17 +163,36 @@ async fn ingest(args: &Args) -> Result<(), String> {
     let fps: u32 = args.value("--fps").map_or(Ok(25), |v| v.parse().map_err(|_| "--fps takes a number"))?;
     let fast = args.flag("--fast");
     let data = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
-    let (aus, config) = h26x::access_units(codec, &data);
-    if aus.is_empty() || config.is_empty() {
-        return Err(format!("{file} holds no {codec:?} access units with parameter sets (an Annex B elementary stream is expected)"));
-    }
     let start_us = time_arg(args, "--start", crate::now_us())?;
-    let frame_us = 1_000_000 / i64::from(fps.max(1));
-    // Capture times follow decode order; presentation times come from the picture order counts
-    // (B-frames), delayed so that no frame is presented before it is decoded.
-    let order = h26x::presentation_order(codec, &config, &aus);
-    let delay = order.iter().enumerate().map(|(n, &p)| n as i64 - p).max().unwrap_or(0).max(0);
-    let total = aus.len() as u64;
+    // (decode-time offset in µs, presentation time in 90 kHz, key, Annex B access unit)
+    let (codec, config, frames): (storage_core::Codec, Vec<u8>, Vec<(i64, i64, bool, Vec<u8>)>) = if file.ends_with(".mp4")
+        || file.ends_with(".mov")
+    {
+        let t = crate::mp4_in::read(&data).map_err(|e| format!("{file}: {e}"))?;
+        let ts = i64::from(t.timescale.max(1));
+        let first_pts = t.samples.iter().map(|s| s.pts).min().unwrap_or(0);
+        let frames = t.samples.into_iter().map(|s| (s.dts * 1_000_000 / ts, (s.pts - first_pts) * 90_000 / ts, s.key, s.data)).collect();
+        (t.codec, t.config, frames)
+    } else {
+        let (aus, config) = h26x::access_units(codec, &data);
+        if aus.is_empty() || config.is_empty() {
+            return Err(format!(
+                "{file} holds no {codec:?} access units with parameter sets (an Annex B elementary stream or an .mp4 is expected)"
+            ));
+        }
+        let frame_us = 1_000_000 / i64::from(fps.max(1));
+        // Capture times follow decode order; presentation times come from the picture order
+        // counts (B-frames), delayed so that no frame is presented before it is decoded.
+        let order = h26x::presentation_order(codec, &config, &aus);
+        let delay = order.iter().enumerate().map(|(n, &p)| n as i64 - p).max().unwrap_or(0).max(0);
+        let frames = aus
+            .into_iter()
+            .enumerate()
+            .map(|(n, au)| (n as i64 * frame_us, (order[n] + delay) * frame_us * 9 / 100, au.key, au.data))
+            .collect();
+        (codec, config, frames)
+    };
+    let total = frames.len() as u64;
     let codec_p = if codec == storage_core::Codec::H265 { proto::Codec::H265 } else { proto::Codec::H264 } as i32;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tx.send(proto::PublishRequest {
@@ -186,19 +205,12 @@ async fn ingest(args: &Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let mut c = proto::ingest_client::IngestClient::new(connect(args).await?).max_encoding_message_size(crate::server::MESSAGE_BYTES_MAX);
     let sender = tokio::spawn(async move {
-        let order = order;
         let started = Instant::now();
-        for (n, au) in aus.into_iter().enumerate() {
+        for (offset_us, pts_90k, key, payload) in frames {
             if !fast {
-                let due = started + Duration::from_micros((n as i64 * frame_us) as u64);
-                tokio::time::sleep_until(due.into()).await;
+                tokio::time::sleep_until((started + Duration::from_micros(offset_us.max(0) as u64)).into()).await;
             }
-            let f = proto::Frame {
-                ts_us: start_us + n as i64 * frame_us,
-                pts_90k: Some((order[n] + delay) * frame_us * 9 / 100),
-                key: au.key,
-                payload: au.data,
-            };
+            let f = proto::Frame { ts_us: start_us + offset_us, pts_90k: Some(pts_90k), key, payload };
             if tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Frame(f)) }).await.is_err() {
                 return;
             }

@@ -16,6 +16,7 @@ mod client;
 mod h26x;
 mod metrics;
 mod mp4;
+mod mp4_in;
 mod proto;
 mod server;
 mod state;

@@ -507,3 +507,31 @@ fn mutual_tls_admits_only_clients_with_a_certificate() {
     assert!(!without_cert.status.success(), "a client without a certificate is refused");
     assert!(!plaintext.status.success(), "plaintext is refused");
 }
+
+#[test]
+fn ingest_from_mp4_files_h264_and_h265() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = server(dir.path());
+    let ingest = token(&s, "edge", "unit-1", "ingest", &["--cameras", "mp4-264,mp4-265"]);
+    let op = token(&s, "op", "unit-1", "operator", &[]);
+    for (cam, codec) in [("mp4-264", "libx264"), ("mp4-265", "libx265")] {
+        ok(&s, &s.admin, &["camera", "put", "--id", cam, "--unit", "unit-1"]);
+        let src = dir.path().join(format!("{cam}.mp4"));
+        let p = src.to_str().expect("utf8");
+        let mut args =
+            vec!["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", "4", "-pix_fmt", "yuv420p", "-c:v", codec, "-g", "25"];
+        if codec == "libx265" {
+            args.extend_from_slice(&["-x265-params", "log-level=error", "-tag:v", "hvc1"]);
+        }
+        args.push(p);
+        ffmpeg(&args);
+        let out = ok(&s, &ingest, &["ingest", p, "--camera", cam, "--fast", "--start", T0]);
+        assert!(out.contains("100 frames ingested and durable"), "{out}");
+        let mp4 = dir.path().join(format!("{cam}-export.mp4"));
+        let m = mp4.to_str().expect("utf8");
+        ok(&s, &op, &["export", "--camera", cam, "--from", T0, "--to", T1, "--out", m, "--purpose", "review"]);
+        assert_eq!(frames_in(&mp4), 100);
+        let dec = Command::new("ffmpeg").args(["-v", "error", "-i", m, "-f", "null", "-"]).output().expect("ffmpeg");
+        assert!(dec.status.success() && dec.stderr.is_empty(), "{cam}: {}", String::from_utf8_lossy(&dec.stderr));
+    }
+}
