@@ -150,6 +150,9 @@ pub async fn run(verb: &str, args: &Args) -> Result<(), String> {
     }
 }
 
+/// A frame to publish: decode-time offset in µs, presentation time in 90 kHz, key, Annex B data.
+type IngestFrame = (i64, i64, bool, Vec<u8>);
+
 async fn ingest(args: &Args) -> Result<(), String> {
     let file = args.positional(0).ok_or("usage: camvault ingest FILE.h264|FILE.h265|FILE.mp4 --camera ID [--fps N] [--fast]")?;
     let camera = args.value("--camera").ok_or("--camera is required")?.to_string();
@@ -164,10 +167,7 @@ async fn ingest(args: &Args) -> Result<(), String> {
     let fast = args.flag("--fast");
     let data = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
     let start_us = time_arg(args, "--start", crate::now_us())?;
-    // (decode-time offset in µs, presentation time in 90 kHz, key, Annex B access unit)
-    let (codec, config, frames): (storage_core::Codec, Vec<u8>, Vec<(i64, i64, bool, Vec<u8>)>) = if file.ends_with(".mp4")
-        || file.ends_with(".mov")
-    {
+    let (codec, config, frames): (storage_core::Codec, Vec<u8>, Vec<IngestFrame>) = if file.ends_with(".mp4") || file.ends_with(".mov") {
         let t = crate::mp4_in::read(&data).map_err(|e| format!("{file}: {e}"))?;
         let ts = i64::from(t.timescale.max(1));
         let first_pts = t.samples.iter().map(|s| s.pts).min().unwrap_or(0);
