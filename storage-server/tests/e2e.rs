@@ -535,3 +535,72 @@ fn ingest_from_mp4_files_h264_and_h265() {
         assert!(dec.status.success() && dec.stderr.is_empty(), "{cam}: {}", String::from_utf8_lossy(&dec.stderr));
     }
 }
+
+#[test]
+fn health_and_reflection_v1_and_v1alpha_list_the_services() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = server(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let ch = tonic::transport::Channel::from_shared(s.addr.clone()).expect("uri").connect().await.expect("connect");
+        let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+        let h = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("health").into_inner();
+        assert_eq!(h.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+        use tonic_reflection::pb::v1 as r1;
+        let mut c1 = r1::server_reflection_client::ServerReflectionClient::new(ch.clone());
+        let req = r1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = c1.server_reflection_info(tokio_stream::iter(vec![req])).await.expect("reflection v1").into_inner();
+        let msg = resp.message().await.expect("message").expect("a response");
+        let Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+            panic!("not a service list")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for svc in ["camvault.v1.Ingest", "camvault.v1.Export", "camvault.v1.Admin", "grpc.health.v1.Health"] {
+            assert!(names.iter().any(|n| n == svc), "{svc} missing from {names:?}");
+        }
+
+        use tonic_reflection::pb::v1alpha as ra;
+        let mut ca = ra::server_reflection_client::ServerReflectionClient::new(ch);
+        let req = ra::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(ra::server_reflection_request::MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = ca.server_reflection_info(tokio_stream::iter(vec![req])).await.expect("reflection v1alpha").into_inner();
+        let msg = resp.message().await.expect("message").expect("a response");
+        let Some(ra::server_reflection_response::MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+            panic!("not a service list")
+        };
+        assert!(list.service.iter().any(|s| s.name == "camvault.v1.Playback"));
+    });
+}
+
+#[test]
+fn live_follow_streams_frames_as_they_become_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = server(dir.path());
+    ok(&s, &s.admin, &["camera", "put", "--id", "cam-live", "--unit", "unit-1"]);
+    let ingest = token(&s, "edge", "unit-1", "ingest", &["--cameras", "cam-live"]);
+    let op = token(&s, "op", "unit-1", "operator", &[]);
+    let src = encode(dir.path(), "live.h264", "h264", false, 2);
+    // A first clip so that the camera exists in the store, then a follower, then more video.
+    ok(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", "cam-live", "--fast", "--start", T0]);
+    let mut follower = Command::new(BIN)
+        .args(["play", "--camera", "cam-live", "--from", T0, "--follow", "--verbose", "--purpose", "live watch"])
+        .env("CAMVAULT_SERVER", &s.addr)
+        .env("CAMVAULT_TOKEN", &op)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("follower");
+    std::thread::sleep(Duration::from_secs(1));
+    ok(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", "cam-live", "--fast", "--start", "2026-11-23T10:00:30Z"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = follower.kill();
+    let out = follower.wait_with_output().expect("follower output");
+    let lines = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("key=")).count();
+    assert_eq!(lines, 100, "the follower saw the stored clip and then the live one");
+}
