@@ -298,6 +298,8 @@ impl proto::ingest_server::Ingest for Api {
             self.0.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(Status::permission_denied(format!("{} may not publish to camera {}", p.name, open.camera)));
         }
+        // Unregistered cameras have no owner, so nobody could be authorised to read their video.
+        self.0.camera(&open.camera)?;
         let cfg = open.codec.ok_or_else(|| Status::invalid_argument("OpenStream needs a codec"))?;
         let codec = codec_from(cfg.codec)?;
         // The parameter sets must parse as the declared codec: export depends on them.
