@@ -84,6 +84,8 @@ pub struct RunResult {
     pub rss_per_stream: u64,
     /// Frames found when reading back (engine only).
     pub verified_frames: u64,
+    /// CPU seconds used by the run.
+    pub cpu_s: f64,
 }
 
 impl RunResult {
@@ -130,6 +132,31 @@ pub struct Scenario {
     pub threads: usize,
     /// Group-commit period.
     pub flush: Duration,
+    /// When data is made durable (applied to the engine and the raw baseline alike).
+    pub policy: Policy,
+}
+
+/// Durability policy of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// fsync every dirty file each flush period (group commit).
+    Interval,
+    /// fsync a stream's file at each key frame (per GOP), on the appending thread.
+    PerGop,
+    /// No fsync until the end (OS write-back only).
+    OsWriteBack,
+}
+
+/// CPU seconds (user + system) this process has used.
+pub fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit(')').next()?.split_whitespace().collect::<Vec<_>>();
+            let ticks: u64 = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
 }
 
 /// Runs `f(stream, frame_index, phase)` for every frame in time order, spread over threads
@@ -183,6 +210,7 @@ pub fn run_raw(dir: &Path, sc: &Scenario, payload: &[u8]) -> std::io::Result<Run
         })
         .collect::<std::io::Result<_>>()?;
     let rss0 = rss_bytes();
+    let cpu0 = cpu_seconds();
     let stop = AtomicBool::new(false);
     let start = Instant::now();
     let flush_one = |f: &RawFile| {
@@ -206,7 +234,7 @@ pub fn run_raw(dir: &Path, sc: &Scenario, payload: &[u8]) -> std::io::Result<Run
             let mut last = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(5));
-                if last.elapsed() < sc.flush {
+                if sc.policy != Policy::Interval || last.elapsed() < sc.flush {
                     continue;
                 }
                 last = Instant::now();
@@ -220,7 +248,10 @@ pub fn run_raw(dir: &Path, sc: &Scenario, payload: &[u8]) -> std::io::Result<Run
         });
         let states: Vec<(Arc<RawFile>, u64)> = files.iter().map(|f| (f.clone(), 0u64)).collect();
         let states = drive(sc, states, |(f, bytes), _stream, n, phase| {
-            let (size, _key) = sc.profile.frame_bytes(n, phase);
+            let (size, key) = sc.profile.frame_bytes(n, phase);
+            if key && n > 0 && sc.policy == Policy::PerGop {
+                flush_one(f);
+            }
             let Ok(mut g) = f.inner.lock() else { return };
             let (buf, off) = &mut *g;
             buf.extend_from_slice(&payload[..size]);
@@ -247,6 +278,7 @@ pub fn run_raw(dir: &Path, sc: &Scenario, payload: &[u8]) -> std::io::Result<Run
         frames,
         rss_per_stream: peak.saturating_sub(rss0) / sc.streams as u64,
         verified_frames: frames,
+        cpu_s: cpu_seconds() - cpu0,
     })
 }
 
@@ -268,20 +300,34 @@ pub fn run_sequential(dir: &Path, total_bytes: u64, flush: Duration) -> std::io:
         }
     }
     file.sync_data()?;
-    Ok(RunResult { payload_bytes: off, disk_bytes: off, elapsed: start.elapsed(), frames: 0, rss_per_stream: 0, verified_frames: 0 })
+    Ok(RunResult {
+        payload_bytes: off,
+        disk_bytes: off,
+        elapsed: start.elapsed(),
+        frames: 0,
+        rss_per_stream: 0,
+        verified_frames: 0,
+        cpu_s: 0.0,
+    })
 }
 
 /// The engine: one camvault stream per camera, encryption on, group commit every `sc.flush`.
 /// Reads back the frame counts afterwards (zero frames may be lost).
 pub fn run_engine(dir: &Path, sc: &Scenario, payload: &[u8]) -> storage_core::Result<RunResult> {
     let mut cfg = StoreConfig::new(dir);
-    cfg.flush = FlushPolicy::Interval(sc.flush);
+    cfg.flush = match sc.policy {
+        Policy::Interval => FlushPolicy::Interval(sc.flush),
+        Policy::PerGop => FlushPolicy::EveryKeyFrame,
+        Policy::OsWriteBack => FlushPolicy::OsWriteBack,
+    };
+    cfg.sweep_interval = None;
     let store = Store::open(cfg)?;
     let t0: i64 = 1_767_225_600_000_000;
     let streams: Vec<_> = (0..sc.streams)
         .map(|i| store.open_stream(&format!("cam-{i:05}"), Codec::H264, b"sps-pps").map(|s| (s, 0u64)))
         .collect::<Result<_, _>>()?;
     let rss0 = rss_bytes();
+    let cpu0 = cpu_seconds();
     let start = Instant::now();
     let errors = AtomicBool::new(false);
     let frame_us = sc.profile.frame_us();
@@ -299,6 +345,7 @@ pub fn run_engine(dir: &Path, sc: &Scenario, payload: &[u8]) -> storage_core::Re
         s.close()?;
     }
     let elapsed = start.elapsed();
+    let cpu = cpu_seconds();
     if errors.load(Ordering::Relaxed) {
         return Err(storage_core::Error::InvalidArgument("appends failed during the run".into()));
     }
@@ -318,6 +365,7 @@ pub fn run_engine(dir: &Path, sc: &Scenario, payload: &[u8]) -> storage_core::Re
         frames,
         rss_per_stream: peak.saturating_sub(rss0) / sc.streams as u64,
         verified_frames: verified,
+        cpu_s: cpu - cpu0,
     })
 }
 
@@ -401,4 +449,73 @@ pub fn run_sweep(dir: &Path, segments: u64) -> storage_core::Result<(Duration, D
     }
     let raw = start.elapsed();
     Ok((engine, raw, report.erased()))
+}
+
+/// Time-range lookups on a catalog of `cameras` x `days` of 15-minute segments (real file
+/// system): open time, then p50/p99 of `segments(camera, t, t + 1 s)` over `lookups` random
+/// queries, in microseconds.
+pub fn run_lookup(dir: &Path, cameras: usize, days: u64, lookups: usize) -> storage_core::Result<(Duration, f64, f64)> {
+    use storage_core::io::{StdVfs, Vfs};
+    let vfs: Arc<dyn Vfs> = Arc::new(StdVfs);
+    let t0: i64 = 1_767_225_600_000_000;
+    storage_core::testing::synthetic_catalog(&vfs, dir, cameras, days * 96, t0, 900_000_000)?;
+    let mut cfg = StoreConfig::new(dir);
+    cfg.sweep_interval = None;
+    let start = Instant::now();
+    let store = Store::open(cfg)?;
+    let open = start.elapsed();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut lat = Vec::with_capacity(lookups);
+    for _ in 0..lookups {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let cam = format!("cam-{:05}", x % cameras as u64);
+        let t = t0 + ((x >> 20) % (days * 86_400)) as i64 * 1_000_000;
+        let q = Instant::now();
+        let segs = store.segments(&cam, t, t + 1_000_000)?;
+        lat.push(q.elapsed().as_secs_f64() * 1e6);
+        if segs.is_empty() {
+            return Err(storage_core::Error::NotFound(format!("no segment of {cam} at {t}")));
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    Ok((open, p(0.50), p(0.99)))
+}
+
+/// Open time of a store left by a crash with `streams` open streams of `seconds` of video each
+/// (flushed, then abandoned without closing), and of a clean reopen of the same store.
+pub fn run_recovery(dir: &Path, streams: usize, seconds: u32, payload: &[u8]) -> storage_core::Result<(Duration, Duration)> {
+    let profile = Profile::HD_4MBIT;
+    let mut cfg = StoreConfig::new(dir);
+    cfg.flush = FlushPolicy::OsWriteBack;
+    cfg.sweep_interval = None;
+    {
+        let store = Store::open(cfg.clone())?;
+        let mut ws = Vec::with_capacity(streams);
+        for i in 0..streams {
+            ws.push(store.open_stream(&format!("cam-{i:05}"), Codec::H264, b"sps-pps")?);
+        }
+        let t0: i64 = 1_767_225_600_000_000;
+        for n in 0..u64::from(seconds) * u64::from(profile.fps) {
+            for (i, w) in ws.iter_mut().enumerate() {
+                let (size, key) = profile.frame_bytes(n, (i % 25) as u32);
+                w.append(FrameIn { ts_us: t0 + n as i64 * profile.frame_us(), pts_90k: None, key, payload: &payload[..size] })?;
+            }
+        }
+        store.flush()?;
+        // The process "dies": nothing is sealed or closed.
+        std::mem::forget(ws);
+        std::mem::forget(store);
+    }
+    let start = Instant::now();
+    let store = Store::open(cfg.clone())?;
+    let crashed = start.elapsed();
+    drop(store);
+    let start = Instant::now();
+    let store = Store::open(cfg)?;
+    let clean = start.elapsed();
+    drop(store);
+    Ok((crashed, clean))
 }
