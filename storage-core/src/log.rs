@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::io::{read_up_to, Vfs, VfsFile};
+use crate::io::{read_up_to, write_file_atomic, Vfs, VfsFile};
 use crate::segment::format::le_u32;
 use crate::{Error, Result};
 
@@ -57,19 +57,8 @@ impl RecordLog {
             h[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
             let crc = crc32fast::hash(&h[..H_CRC]);
             h[H_CRC..].copy_from_slice(&crc.to_le_bytes());
-            // Temporary name, fsync, rename, fsync dir: never a log without its header.
-            let tmp = dir.join(format!("{name}.tmp"));
-            (|| {
-                if vfs.exists(&tmp) {
-                    vfs.remove_file(&tmp)?;
-                }
-                let f = vfs.create_new(&tmp)?;
-                f.write_at(&h, 0)?;
-                f.sync_data()?;
-                vfs.rename(&tmp, &path)?;
-                vfs.sync_dir(dir)
-            })()
-            .map_err(|e| Error::io("create log", &path, e))?;
+            // Never a log without its header.
+            write_file_atomic(vfs.as_ref(), dir, &path, &h).map_err(|e| Error::io("create log", &path, e))?;
         }
         let file = vfs.open(&path).map_err(|e| Error::io("open log", &path, e))?;
         let file_len = file.len().map_err(|e| Error::io("stat log", &path, e))?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
-use crate::io::{read_exact_at, Vfs};
+use crate::io::{read_exact_at, write_file_atomic, Vfs};
 use crate::keys::random_bytes;
 use crate::{Error, Result};
 
@@ -31,18 +31,7 @@ pub(crate) fn load_or_create(vfs: &Arc<dyn Vfs>, dir: &Path) -> Result<SigningKe
         random_bytes(&mut buf[8..40])?;
         let crc = crc32fast::hash(&buf[..40]);
         buf[40..].copy_from_slice(&crc.to_le_bytes());
-        let tmp = dir.join("signing.key.tmp");
-        (|| {
-            if vfs.exists(&tmp) {
-                vfs.remove_file(&tmp)?;
-            }
-            let f = vfs.create_new(&tmp)?;
-            f.write_at(&buf, 0)?;
-            f.sync_data()?;
-            vfs.rename(&tmp, &path)?;
-            vfs.sync_dir(dir)
-        })()
-        .map_err(|e| Error::io("create signing key", &path, e))?;
+        write_file_atomic(vfs.as_ref(), dir, &path, &buf).map_err(|e| Error::io("create signing key", &path, e))?;
     }
     let mut seed = [0u8; 32];
     seed.copy_from_slice(&buf[8..40]);

@@ -319,18 +319,28 @@ fn sigkill_during_ingest_keeps_every_acknowledged_frame() {
     s.child.kill().expect("SIGKILL");
     let _ = s.child.wait();
     let out = client.wait_with_output().expect("client exits");
-    let progress = String::from_utf8_lossy(&out.stderr);
-    // The last "N/500" the client printed is the highest durable acknowledgement it received.
-    let acked: u64 = progress
+    let acked = acknowledged(&out.stderr);
+    restart_and_check(&mut s, &op, "cam-k", acked);
+}
+
+/// The highest durable acknowledgement the ingest client printed ("N/total" in its progress).
+fn acknowledged(stderr: &[u8]) -> u64 {
+    let progress = String::from_utf8_lossy(stderr);
+    let acked = progress
         .split('\r')
         .filter_map(|p| p.split_whitespace().find(|w| w.contains('/')).and_then(|w| w.split('/').next()).and_then(|n| n.parse().ok()))
         .max()
         .unwrap_or(0);
-    assert!(acked > 0, "some frames were acknowledged before the kill: {progress}");
+    assert!(acked > 0, "some frames were acknowledged before the stop: {progress}");
+    acked
+}
+
+/// Restarts the server on the same data and port; every acknowledged frame must be there.
+fn restart_and_check(s: &mut Server, op: &str, camera: &str, acked: u64) {
     let port: u16 = s.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
     let (child, _) = start(&s.data, port, s.metrics_port);
     s.child = child;
-    let played = ok(&s, &op, &["play", "--camera", "cam-k", "--from", T0, "--to", T1, "--purpose", "check"]);
+    let played = ok(s, op, &["play", "--camera", camera, "--from", T0, "--to", T1, "--purpose", "check"]);
     let frames: u64 = played.split_whitespace().next().and_then(|n| n.parse().ok()).expect("count");
     assert!(frames >= acked, "{frames} frames after restart, {acked} were acknowledged");
 }
@@ -395,19 +405,7 @@ fn sigterm_stops_gracefully_and_keeps_what_was_acknowledged() {
     };
     assert!(status.success(), "a graceful stop exits cleanly: {status:?}");
     let out = client.wait_with_output().expect("client");
-    let progress = String::from_utf8_lossy(&out.stderr);
-    let acked: u64 = progress
-        .split('\r')
-        .filter_map(|p| p.split_whitespace().find(|w| w.contains('/')).and_then(|w| w.split('/').next()).and_then(|n| n.parse().ok()))
-        .max()
-        .unwrap_or(0);
-    assert!(acked > 0, "{progress}");
-    let port: u16 = s.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-    let (child, _) = start(&s.data, port, s.metrics_port);
-    s.child = child;
-    let played = ok(&s, &op, &["play", "--camera", "cam-t", "--from", T0, "--to", T1, "--purpose", "check"]);
-    let frames: u64 = played.split_whitespace().next().and_then(|n| n.parse().ok()).expect("count");
-    assert!(frames >= acked, "{frames} frames after restart, {acked} were acknowledged");
+    restart_and_check(&mut s, &op, "cam-t", acknowledged(&out.stderr));
 }
 
 fn openssl(dir: &Path, args: &[&str]) {

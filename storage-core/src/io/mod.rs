@@ -55,6 +55,23 @@ pub trait VfsFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
 }
 
+/// Creates `path` (in directory `dir`) holding exactly `bytes`, crash-atomically: write a
+/// temporary file, fsync it, rename it into place, fsync the directory. A crash leaves either no
+/// file or the whole file, never a partial one.
+pub fn write_file_atomic(vfs: &dyn Vfs, dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    if vfs.exists(&tmp) {
+        vfs.remove_file(&tmp)?;
+    }
+    let f = vfs.create_new(&tmp)?;
+    f.write_at(bytes, 0)?;
+    f.sync_data()?;
+    vfs.rename(&tmp, path)?;
+    vfs.sync_dir(dir)
+}
+
 /// Reads exactly `buf.len()` bytes at `offset`, or fails with `UnexpectedEof`.
 pub fn read_exact_at(file: &dyn VfsFile, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
     while !buf.is_empty() {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::io::{read_exact_at, Vfs};
+use crate::io::{read_exact_at, write_file_atomic, Vfs};
 use crate::keys::{random_bytes, DataKey, KekId, KekProvider, SegmentCipher};
 use crate::{Error, Result};
 
@@ -67,13 +67,8 @@ impl KekProvider for FileKekProvider {
         random_bytes(&mut buf[8..40])?;
         let crc = crc32fast::hash(&buf[..40]);
         buf[40..].copy_from_slice(&crc.to_le_bytes());
-        // Order: write, fsync file, fsync dir: the KEK is durable before anything is wrapped by it.
-        let res = (|| {
-            let f = self.vfs.create_new(&path)?;
-            f.write_at(&buf, 0)?;
-            f.sync_data()?;
-            self.vfs.sync_dir(&self.dir)
-        })();
+        // Durable (and whole) before anything is wrapped by it.
+        let res = write_file_atomic(self.vfs.as_ref(), &self.dir, &path, &buf);
         zeroize::Zeroize::zeroize(&mut buf);
         res.map_err(|e| Error::io("create KEK", &path, e))?;
         Ok(id)
