@@ -96,6 +96,24 @@ pub struct SegmentSummary {
     pub sealed: Option<SealedInfo>,
 }
 
+/// Where a creation's leader leaves the outcome: the segment id, or (disk full?, message).
+type CreationSlot = Arc<Mutex<Option<std::result::Result<SegmentId, (bool, String)>>>>;
+
+/// A segment creation waiting for the next group commit of keys and Open records.
+struct Creation {
+    camera: String,
+    key: DataKey,
+    created_us: i64,
+    slot: CreationSlot,
+}
+
+/// Creations waiting, and whether a leader is committing.
+#[derive(Default)]
+struct Creations {
+    waiting: Vec<Creation>,
+    leading: bool,
+}
+
 pub(crate) struct Inner {
     pub config: StoreConfig,
     pub vfs: Arc<dyn Vfs>,
@@ -113,6 +131,8 @@ pub(crate) struct Inner {
     shutdown: Mutex<bool>,
     shutdown_cv: Condvar,
     no_space: AtomicBool,
+    creations: Mutex<Creations>,
+    creations_done: Condvar,
     pub control: Mutex<ControlState>,
     pub audit: Mutex<AuditLog>,
     pub decommissioned: AtomicBool,
@@ -182,6 +202,8 @@ impl Store {
             shutdown: Mutex::new(false),
             shutdown_cv: Condvar::new(),
             no_space: AtomicBool::new(false),
+            creations: Mutex::new(Creations::default()),
+            creations_done: Condvar::new(),
             control: Mutex::new(control),
             audit: Mutex::new(audit),
             decommissioned: AtomicBool::new(false),
@@ -547,14 +569,8 @@ impl Inner {
 
     fn create_segment_inner(&self, camera: &str) -> Result<SegmentWriter> {
         let key = DataKey::generate()?;
-        let id = {
-            let mut keys = self.keys.lock().map_err(|_| Error::Poisoned("key store lock".into()))?;
-            let id = SegmentId(self.next_segment.fetch_add(1, Ordering::SeqCst));
-            keys.put(id, &key)?;
-            id
-        };
         let now = self.clock.now_us();
-        self.catalog_append(&CatalogRecord::Open { segment: id, created_us: now, camera: camera.to_string() })?;
+        let id = self.register_segment(camera, &key, now)?;
         let dir = self.camera_dir(camera);
         let made = self.camera_dirs.lock().map(|d| d.contains(camera)).unwrap_or(false);
         if !made {
@@ -583,6 +599,76 @@ impl Inner {
                 Err(e)
             }
         }
+    }
+
+    /// Makes a new segment's data key and catalog Open record durable, group-committed with
+    /// every other creation waiting at the same time: the first waiter leads, writing the whole
+    /// batch's keys with one write and one key store fsync, then their Open records with one
+    /// catalog fsync (DESIGN.md "Lifecycle: create"). Without this, streams that open together
+    /// (a server restart, a site reconnecting) would queue behind two fsyncs each.
+    fn register_segment(&self, camera: &str, key: &DataKey, now: i64) -> Result<SegmentId> {
+        let slot: CreationSlot = Arc::new(Mutex::new(None));
+        let lead = {
+            let mut b = self.creations.lock().map_err(|_| Error::Poisoned("creation lock".into()))?;
+            b.waiting.push(Creation { camera: camera.to_string(), key: key.clone(), created_us: now, slot: slot.clone() });
+            !std::mem::replace(&mut b.leading, true)
+        };
+        if lead {
+            loop {
+                let batch = {
+                    let mut b = self.creations.lock().map_err(|_| Error::Poisoned("creation lock".into()))?;
+                    if b.waiting.is_empty() {
+                        b.leading = false;
+                        break;
+                    }
+                    std::mem::take(&mut b.waiting)
+                };
+                let outcome = self.commit_creations(&batch);
+                // Results are published under the creations lock, which a follower holds from
+                // checking its slot until it waits: no wake-up is lost.
+                let _b = self.creations.lock().map_err(|_| Error::Poisoned("creation lock".into()))?;
+                for (i, c) in batch.iter().enumerate() {
+                    if let Ok(mut s) = c.slot.lock() {
+                        *s = Some(match &outcome {
+                            Ok(ids) => Ok(ids[i]),
+                            Err(e) => Err((e.is_no_space(), e.to_string())),
+                        });
+                    }
+                }
+                self.creations_done.notify_all();
+            }
+        }
+        let mut b = self.creations.lock().map_err(|_| Error::Poisoned("creation lock".into()))?;
+        loop {
+            if let Some(r) = slot.lock().ok().and_then(|mut s| s.take()) {
+                return r.map_err(|(no_space, msg)| {
+                    if no_space {
+                        Error::NoSpace { path: self.config.key_dir.clone() }
+                    } else {
+                        Error::Io { op: "register new segment", path: self.config.key_dir.clone(), source: std::io::Error::other(msg) }
+                    }
+                });
+            }
+            b = self.creations_done.wait(b).map_err(|_| Error::Poisoned("creation lock".into()))?;
+        }
+    }
+
+    /// One batch of creations: keys (one fsync), then Open records (one fsync).
+    fn commit_creations(&self, batch: &[Creation]) -> Result<Vec<SegmentId>> {
+        let ids = {
+            let mut keys = self.keys.lock().map_err(|_| Error::Poisoned("key store lock".into()))?;
+            let with_ids: Vec<(SegmentId, DataKey)> =
+                batch.iter().map(|c| (SegmentId(self.next_segment.fetch_add(1, Ordering::SeqCst)), c.key.clone())).collect();
+            keys.put_many(&with_ids)?;
+            with_ids.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
+        };
+        let opens: Vec<CatalogRecord> = batch
+            .iter()
+            .zip(&ids)
+            .map(|(c, &segment)| CatalogRecord::Open { segment, created_us: c.created_us, camera: c.camera.clone() })
+            .collect();
+        self.catalog.lock().map_err(|_| Error::Poisoned("catalog lock".into()))?.append_many(&opens)?;
+        Ok(ids)
     }
 
     /// Drop an empty segment: catalog Dropped (fsynced), then unlink its files.
