@@ -211,25 +211,19 @@ impl Store {
         recover::recover(&inner, loaded.entries)?;
         inner.resume_erasures()?;
         let flusher = match inner.config.flush {
-            FlushPolicy::Interval(period) => {
-                let weak = Arc::downgrade(&inner);
-                let handle = std::thread::Builder::new()
-                    .name("camvault-flusher".into())
-                    .spawn(move || flusher_loop(weak, period))
-                    .map_err(|e| Error::io("spawn flusher thread", PathBuf::new(), e))?;
-                Some(handle)
-            }
+            FlushPolicy::Interval(period) => Some(spawn_periodic(&inner, "camvault-flusher", period, |i| {
+                if let Err(e) = flush_all(i) {
+                    tracing::error!(error = %e, "group commit failed for at least one stream");
+                }
+            })?),
             _ => None,
         };
         let sweeper = match inner.config.sweep_interval {
-            Some(period) => {
-                let weak = Arc::downgrade(&inner);
-                let handle = std::thread::Builder::new()
-                    .name("camvault-sweeper".into())
-                    .spawn(move || sweeper_loop(weak, period))
-                    .map_err(|e| Error::io("spawn sweeper thread", PathBuf::new(), e))?;
-                Some(handle)
-            }
+            Some(period) => Some(spawn_periodic(&inner, "camvault-sweeper", period, |i| match i.sweep(None, "system") {
+                Ok(r) if r.erased() > 0 => tracing::info!(erased = r.erased(), held_back = r.held_back, "retention sweep"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "retention sweep failed; it will run again"),
+            })?),
             None => None,
         };
         Ok(Store { inner, flusher, sweeper })
@@ -434,51 +428,26 @@ impl Drop for Store {
     }
 }
 
-fn flusher_loop(inner: Weak<Inner>, period: std::time::Duration) {
-    loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        {
-            let Ok(guard) = strong.shutdown.lock() else {
-                return;
-            };
-            if *guard {
-                return;
+/// Runs `work` every `period` on a named thread until the store shuts down or is dropped.
+fn spawn_periodic(inner: &Arc<Inner>, name: &str, period: std::time::Duration, work: fn(&Arc<Inner>)) -> Result<JoinHandle<()>> {
+    let weak = Arc::downgrade(inner);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || loop {
+            let Some(strong) = weak.upgrade() else { return };
+            {
+                let Ok(guard) = strong.shutdown.lock() else { return };
+                if *guard {
+                    return;
+                }
+                let Ok((guard, _)) = strong.shutdown_cv.wait_timeout(guard, period) else { return };
+                if *guard {
+                    return;
+                }
             }
-            let Ok((guard, _)) = strong.shutdown_cv.wait_timeout(guard, period) else {
-                return;
-            };
-            if *guard {
-                return;
-            }
-        }
-        if let Err(e) = flush_all(&strong) {
-            tracing::error!(error = %e, "group commit failed for at least one stream");
-        }
-    }
-}
-
-/// Waits `period` (or shutdown), then sweeps; a failed sweep is logged and retried next period.
-fn sweeper_loop(inner: Weak<Inner>, period: std::time::Duration) {
-    loop {
-        let Some(strong) = inner.upgrade() else { return };
-        {
-            let Ok(guard) = strong.shutdown.lock() else { return };
-            if *guard {
-                return;
-            }
-            let Ok((guard, _)) = strong.shutdown_cv.wait_timeout(guard, period) else { return };
-            if *guard {
-                return;
-            }
-        }
-        match strong.sweep(None, "system") {
-            Ok(r) if r.erased() > 0 => tracing::info!(erased = r.erased(), held_back = r.held_back, "retention sweep"),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "retention sweep failed; it will run again"),
-        }
-    }
+            work(&strong);
+        })
+        .map_err(|e| Error::io("spawn thread", PathBuf::from(name), e))
 }
 
 /// One group commit over every registered stream, spread over the flusher threads.
