@@ -39,9 +39,9 @@ fn main() {
         profile.gop_frames
     );
     println!(
-        "| streams | raw MB/s | engine MB/s | engine/raw | sequential MB/s | engine/seq | write amp | RSS/stream KiB | CPU s/GB | frames verified |"
+        "| streams | raw MB/s | engine MB/s | engine/raw | fjall MB/s | engine/fjall | sequential MB/s | engine/seq | write amp engine (fjall) | RSS/stream KiB | CPU s/GB engine (fjall) | frames verified engine, fjall |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
     for &n in &streams {
         let sc = Scenario { streams: n, profile, seconds, threads: 2, flush: Duration::from_secs(1), policy };
@@ -51,23 +51,31 @@ fn main() {
         let _ = std::fs::remove_dir_all(dir.join("raw"));
         let eng = run_engine(&dir.join("engine"), &sc, &payload).unwrap_or_else(|e| fail("engine run", e));
         let _ = std::fs::remove_dir_all(dir.join("engine"));
+        let peer = camvault_benches::peer::run_peer(&dir.join("fjall"), &sc, &payload).unwrap_or_else(|e| fail("fjall run", e));
+        let _ = std::fs::remove_dir_all(dir.join("fjall"));
         let seq = run_sequential(&dir.join("seq"), raw.payload_bytes, sc.flush).unwrap_or_else(|e| fail("sequential baseline", e));
         let _ = std::fs::remove_dir_all(&dir);
-        let ok = eng.verified_frames == eng.frames;
+        let ok = eng.verified_frames == eng.frames && peer.verified_frames == peer.frames;
         failed |= !ok;
         println!(
-            "| {n} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.3} | {} | {:.2} | {}/{}{} |",
+            "| {n} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.3} ({:.2}) | {} | {:.2} ({:.2}) | {}/{}, {}/{}{} |",
             raw.mb_s(),
             eng.mb_s(),
             eng.mb_s() / raw.mb_s(),
+            peer.mb_s(),
+            eng.mb_s() / peer.mb_s(),
             seq.mb_s(),
             eng.mb_s() / seq.mb_s(),
-            eng.disk_bytes as f64 / eng.payload_bytes as f64,
+            eng.write_amp(),
+            peer.write_amp(),
             eng.rss_per_stream / 1024,
-            eng.cpu_s / (eng.payload_bytes as f64 / 1e9),
+            eng.cpu_s_per_gb(),
+            peer.cpu_s_per_gb(),
             eng.verified_frames,
             eng.frames,
-            if ok { "" } else { " LOST FRAMES" }
+            peer.verified_frames,
+            peer.frames,
+            if ok { "" } else { " LOST OR REORDERED FRAMES" }
         );
     }
     if failed {

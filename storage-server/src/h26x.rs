@@ -246,10 +246,15 @@ fn h265_sps(sps: &[u8]) -> Option<H265Sps> {
 
 /// The sample description of a stream: box type, configuration record, width, height.
 pub struct SampleDescription {
+    /// Sample entry type: `avc1` or `hvc1`.
     pub fourcc: [u8; 4],
+    /// Configuration box type: `avcC` or `hvcC`.
     pub config_box: [u8; 4],
+    /// The configuration record (the box's body).
     pub config: Vec<u8>,
+    /// Coded width, pixels.
     pub width: u16,
+    /// Coded height, pixels.
     pub height: u16,
 }
 
@@ -304,7 +309,9 @@ pub fn sample_description(codec: Codec, config: &[u8]) -> Result<SampleDescripti
 
 /// One access unit of an Annex B file, with the parameter sets in force.
 pub struct AccessUnit {
+    /// The access unit, Annex B.
     pub data: Vec<u8>,
+    /// Whether it starts a GOP (IDR / IRAP).
     pub key: bool,
 }
 

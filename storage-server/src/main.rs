@@ -13,14 +13,8 @@
 #![deny(clippy::unwrap_used)]
 
 mod client;
-mod h26x;
-mod metrics;
-mod mp4;
-mod mp4_in;
-mod proto;
-mod server;
-mod state;
-mod time;
+
+use camvault_server::{h26x, metrics, mp4_in, now_us, proto, server, state, time};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use storage_core::{Clock, Codec, FlushPolicy, FrameIn, Store, StoreConfig};
+use storage_core::{Codec, FlushPolicy, FrameIn, Store, StoreConfig};
 
 /// Command-line arguments: a verb, then positionals and `--name value` options.
 pub struct Args {
@@ -67,11 +61,6 @@ impl Args {
         }
         None
     }
-}
-
-/// Microseconds since the epoch, now.
-pub fn now_us() -> i64 {
-    storage_core::SystemClock.now_us()
 }
 
 const USAGE: &str = "usage: camvault <command> [options]

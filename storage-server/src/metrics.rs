@@ -10,8 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Per-camera ingest counters.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CameraCounters {
+    /// Frames accepted.
     pub frames: u64,
+    /// Payload bytes accepted.
     pub bytes: u64,
+    /// Frames refused (each ends its publish stream).
     pub refused: u64,
     /// Frames accepted but not yet durable, as of the last acknowledgement.
     pub durable_lag: u64,
@@ -20,11 +23,14 @@ pub struct CameraCounters {
 /// Counters the server updates.
 #[derive(Debug, Default)]
 pub struct ServerMetrics {
+    /// Ingest counters by camera.
     pub cameras: Mutex<BTreeMap<String, CameraCounters>>,
+    /// Calls refused for a missing, unknown or insufficient credential.
     pub auth_failures: AtomicU64,
 }
 
 impl ServerMetrics {
+    /// Updates one camera's counters.
     pub fn camera(&self, camera: &str, f: impl FnOnce(&mut CameraCounters)) {
         if let Ok(mut m) = self.cameras.lock() {
             f(m.entry(camera.to_string()).or_default());

@@ -127,8 +127,11 @@ pub fn init_segment(desc: &SampleDescription) -> Vec<u8> {
 /// One sample of a fragment.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
+    /// Bytes of the sample in the fragment's `mdat`.
     pub size: u32,
+    /// Duration, 90 kHz ticks.
     pub duration: u32,
+    /// Sync sample (key frame).
     pub key: bool,
     /// Presentation minus decode time, in 90 kHz ticks.
     pub cto: i32,

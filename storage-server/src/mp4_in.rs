@@ -6,7 +6,9 @@ use storage_core::Codec;
 
 /// A sample in decode order.
 pub struct Mp4Sample {
+    /// The sample, converted to Annex B.
     pub data: Vec<u8>,
+    /// Sync sample (key frame).
     pub key: bool,
     /// Decode time in the track's timescale.
     pub dts: i64,
@@ -16,9 +18,13 @@ pub struct Mp4Sample {
 
 /// The video track of an MP4 file.
 pub struct Mp4Track {
+    /// H.264 or H.265.
     pub codec: Codec,
+    /// Parameter sets as Annex B NAL units.
     pub config: Vec<u8>,
+    /// Ticks per second of `dts` and `pts`.
     pub timescale: u32,
+    /// Samples in decode order.
     pub samples: Vec<Mp4Sample>,
 }
 

@@ -38,11 +38,13 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 /// Shared server state.
 pub struct Server {
+    /// The store every call reads and writes.
     pub store: Arc<Store>,
     dir: PathBuf,
     tokens: Mutex<Tokens>,
     cameras: Mutex<Cameras>,
     seen_logins: Mutex<HashSet<(String, String)>>,
+    /// Counters exported at `/metrics`.
     pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
 

@@ -26,6 +26,7 @@ pub enum Role {
 }
 
 impl Role {
+    /// Parses a role name as the command line and the API spell it.
     pub fn parse(s: &str) -> Result<Role, String> {
         match s {
             "admin" => Ok(Role::Admin),
@@ -37,6 +38,7 @@ impl Role {
         }
     }
 
+    /// The role's name.
     pub fn name(self) -> &'static str {
         match self {
             Role::Admin => "admin",
@@ -51,10 +53,14 @@ impl Role {
 /// Who a token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
+    /// Who the principal is (a person or a service), as the audit log names it.
     pub name: String,
+    /// Administrative unit the principal belongs to.
     pub unit: String,
+    /// What it may do.
     pub roles: Vec<Role>,
     #[serde(default)]
+    /// Sectors (of its unit) whose cameras it may read.
     pub sectors: Vec<String>,
     /// Cameras an ingest credential may publish to.
     #[serde(default)]
@@ -62,6 +68,7 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Whether it holds role `r`.
     pub fn has(&self, r: Role) -> bool {
         self.roles.contains(&r)
     }
@@ -70,32 +77,48 @@ impl Principal {
 /// A token as stored: only the SHA-256 of the secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRecord {
+    /// Public identifier (for revocation and the audit log).
     pub id: String,
+    /// SHA-256 of the secret, hex.
     pub sha256: String,
+    /// Who the token speaks for.
     pub principal: Principal,
+    /// Creation time, microseconds since the epoch.
     pub created_us: i64,
+    /// Revoked tokens are refused.
     pub revoked: bool,
 }
 
 /// A camera in the registry (TN 7.1, 12.2).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CameraInfo {
+    /// Camera identifier (the stream's key in the store).
     pub id: String,
+    /// Unit that owns the camera and its video.
     pub owning_unit: String,
+    /// Sectors the camera serves.
     pub sectors: Vec<String>,
+    /// Where it is mounted.
     pub location: String,
+    /// Make and model.
     pub model: String,
+    /// QCVN 135 certification status.
     pub certification: String,
+    /// Last change to this record, microseconds since the epoch.
     pub metadata_updated_us: i64,
 }
 
+/// The token file (`tokens.json`).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Tokens {
+    /// Every token ever issued, revoked ones included.
     pub tokens: Vec<TokenRecord>,
 }
 
+/// The camera registry file (`cameras.json`).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Cameras {
+    /// Cameras by identifier.
     pub cameras: BTreeMap<String, CameraInfo>,
 }
 
