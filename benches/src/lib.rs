@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use storage_core::{Codec, FlushPolicy, FrameIn, Store, StoreConfig, WRITE_BATCH_BYTES};
 
+pub mod grpc;
 pub mod peer;
 
 /// A camera stream's shape.
@@ -179,7 +180,12 @@ pub enum Policy {
 
 /// CPU seconds (user + system) this process has used.
 pub fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
+    cpu_seconds_of("/proc/self/stat")
+}
+
+/// CPU seconds (user + system) of the process whose `/proc/<pid>/stat` is `stat`.
+pub fn cpu_seconds_of(stat: &str) -> f64 {
+    std::fs::read_to_string(stat)
         .ok()
         .and_then(|s| {
             let rest = s.rsplit(')').next()?.split_whitespace().collect::<Vec<_>>();

@@ -43,6 +43,10 @@ fn main() {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
+    // The server binary drives the through-the-server figures; without it they are skipped.
+    let server_bin =
+        if args.iter().any(|a| a == "--no-grpc") { Err("--no-grpc".to_string()) } else { camvault_benches::grpc::server_binary() };
+    let mut grpc_rows = Vec::new();
     for &n in &streams {
         let sc = Scenario { streams: n, profile, seconds, threads: 2, flush: Duration::from_secs(1), policy };
         let dir = base.join(format!("s{n}"));
@@ -51,6 +55,11 @@ fn main() {
         let _ = std::fs::remove_dir_all(dir.join("raw"));
         let eng = run_engine(&dir.join("engine"), &sc, &payload).unwrap_or_else(|e| fail("engine run", e));
         let _ = std::fs::remove_dir_all(dir.join("engine"));
+        if let (Ok(bin), Policy::Interval) = (&server_bin, policy) {
+            let g = camvault_benches::grpc::run_grpc_ingest(bin, &dir.join("grpc"), &sc, &payload).unwrap_or_else(|e| fail("gRPC run", e));
+            let _ = std::fs::remove_dir_all(dir.join("grpc"));
+            grpc_rows.push((n, eng, g));
+        }
         let peer = camvault_benches::peer::run_peer(&dir.join("fjall"), &sc, &payload).unwrap_or_else(|e| fail("fjall run", e));
         let _ = std::fs::remove_dir_all(dir.join("fjall"));
         let seq = run_sequential(&dir.join("seq"), raw.payload_bytes, sc.flush).unwrap_or_else(|e| fail("sequential baseline", e));
@@ -78,11 +87,77 @@ fn main() {
             if ok { "" } else { " LOST OR REORDERED FRAMES" }
         );
     }
+    match &server_bin {
+        Ok(_) if !grpc_rows.is_empty() => {
+            println!();
+            println!("| streams over gRPC (loopback, separate server process) | engine MB/s | gRPC MB/s | gRPC/engine | CPU s/GB engine | CPU s/GB client+server | frames verified |");
+            println!("|---:|---:|---:|---:|---:|---:|---:|");
+            for (n, eng, g) in &grpc_rows {
+                let ok = g.verified_frames == g.frames;
+                failed |= !ok;
+                println!(
+                    "| {n} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {}/{}{} |",
+                    eng.mb_s(),
+                    g.mb_s(),
+                    g.mb_s() / eng.mb_s(),
+                    eng.cpu_s_per_gb(),
+                    g.cpu_s_per_gb(),
+                    g.verified_frames,
+                    g.frames,
+                    if ok { "" } else { " LOST OR REORDERED FRAMES" }
+                );
+            }
+        }
+        Ok(_) => {}
+        Err(e) => println!("\n(through-the-server figures skipped: {e})"),
+    }
     if failed {
         std::process::exit(1);
     }
+    if let Ok(bin) = &server_bin {
+        let seconds: u32 = arg("--export-seconds").and_then(|s| s.parse().ok()).unwrap_or(if smoke { 4 } else { 3600 });
+        export(bin, &base, seconds);
+    }
     erase_costs(&base, smoke, &arg("--keys"), &arg("--erase-segments"));
     index_and_recovery(&base, smoke, &payload);
+}
+
+/// Export of a clip of real encoded video against reading its segment files raw.
+fn export(bin: &std::path::Path, base: &std::path::Path, seconds: u32) {
+    let dir = base.join("export");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (config, clip) = match camvault_benches::grpc::encode_clip(&dir.join("clip"), 10) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("\n(export figure skipped: {e})");
+            return;
+        }
+    };
+    let r = camvault_benches::grpc::run_export(bin, &dir, &config, &clip, 25, seconds).unwrap_or_else(|e| fail("export", e));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mb_s = |d: std::time::Duration| r.segment_bytes as f64 / d.as_secs_f64() / 1e6;
+    let cache = if r.cold { "page cache dropped before each read" } else { "warm page cache (cannot drop it here)" };
+    println!();
+    println!(
+        "| export of {} s of 4 Mbit/s H.264 ({:.2} GB of segments, {cache}) | s | MB/s of segments | ratio to raw read |",
+        r.seconds,
+        r.segment_bytes as f64 / 1e9
+    );
+    println!("|---|---:|---:|---:|");
+    println!("| raw read of the segment files | {:.2} | {:.0} | 1.00 |", r.raw_read.as_secs_f64(), mb_s(r.raw_read));
+    println!(
+        "| library read (decrypt, verify) | {:.2} | {:.0} | {:.2} |",
+        r.engine_read.as_secs_f64(),
+        mb_s(r.engine_read),
+        r.raw_read.as_secs_f64() / r.engine_read.as_secs_f64()
+    );
+    println!(
+        "| export over gRPC ({:.2} GB of MP4, hashed, signed manifest) | {:.2} | {:.0} | {:.2} |",
+        r.mp4_bytes as f64 / 1e9,
+        r.export.as_secs_f64(),
+        mb_s(r.export),
+        r.raw_read.as_secs_f64() / r.export.as_secs_f64()
+    );
 }
 
 /// Lookup latency on a 1,000-camera x 30-day index, and open time after a crash.

@@ -1,0 +1,416 @@
+//! Through the server: the real `camvault` server process on loopback, driven by this process
+//! as a gRPC client (ingest), and export of a clip against reading its ciphertext raw.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use camvault_server::proto;
+use tonic::transport::Channel;
+use tonic::Request;
+
+use crate::{cpu_seconds, dir_bytes, rss_bytes, verify_engine, RunResult, Scenario};
+
+/// Streams per HTTP/2 connection: the server admits 256 concurrent calls per connection.
+const STREAMS_PER_CONNECTION: usize = 128;
+
+/// Parameter sets (Annex B SPS + PPS) of a 1920x1080 Constrained Baseline x264 stream: the
+/// server parses them at OpenStream, as export depends on them.
+pub const H264_1080P_CONFIG: &[u8] = &[
+    0x00, 0x00, 0x00, 0x01, 0x67, 0x42, 0xc0, 0x28, 0xda, 0x01, 0xe0, 0x08, 0x9f, 0x97, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00,
+    0x00, 0x03, 0x03, 0x20, 0xf1, 0x83, 0x2a, 0x00, 0x00, 0x00, 0x01, 0x68, 0xce, 0x0f, 0xc8,
+];
+
+/// A running `camvault serve` with a fresh data directory.
+pub struct ServerProcess {
+    child: Child,
+    port: u16,
+    /// The first administrator token, printed once by the server.
+    pub admin: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `camvault` binary: `CAMVAULT_BIN`, else beside this executable (cargo puts both in
+/// `target/<profile>/`).
+pub fn server_binary() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("CAMVAULT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe.with_file_name("camvault");
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!("{} not found: build it with `cargo build --release -p camvault-server` or set CAMVAULT_BIN", bin.display()))
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+impl ServerProcess {
+    /// Starts the server on a free loopback port and waits until it accepts connections.
+    pub fn start(bin: &Path, data: &Path) -> Result<ServerProcess, String> {
+        let port = free_port()?;
+        let mut child = Command::new(bin)
+            .args(["serve", "--data"])
+            .arg(data)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics", ""])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let admin = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(t) = line.split_whitespace().find(|w| w.starts_with("cvt_")) {
+                        break t.to_string();
+                    }
+                }
+                _ => return Err("the server exited before printing its first admin token".into()),
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("the server did not start listening within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(ServerProcess { child, port, admin })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// CPU seconds the server process has used.
+    pub fn cpu_seconds(&self) -> f64 {
+        crate::cpu_seconds_of(&format!("/proc/{}/stat", self.child.id()))
+    }
+
+    /// SIGTERM, then waits for the server to seal its streams and exit.
+    pub fn stop(mut self) -> Result<(), String> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().map_err(|e| format!("kill: {e}"))?;
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("the server exited with {status}"))
+        }
+    }
+}
+
+fn authed<T>(msg: T, token: &str) -> Result<Request<T>, String> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().map_err(|_| "token is not a header value")?);
+    Ok(r)
+}
+
+async fn connect(url: &str) -> Result<Channel, String> {
+    Channel::from_shared(url.to_string()).map_err(|e| e.to_string())?.connect().await.map_err(|e| format!("cannot reach {url}: {e}"))
+}
+
+/// Registers `cameras` in the administrator's unit and issues an ingest token for them.
+async fn setup(url: &str, admin: &str, cameras: &[String]) -> Result<String, String> {
+    let ch = connect(url).await?;
+    let mut catalog = proto::catalog_client::CatalogClient::new(ch.clone());
+    for id in cameras {
+        let camera = proto::Camera { id: id.clone(), owning_unit: "provincial-centre".into(), ..Default::default() };
+        catalog
+            .put_camera(authed(proto::PutCameraRequest { camera: Some(camera) }, admin)?)
+            .await
+            .map_err(|e| format!("PutCamera: {e}"))?;
+    }
+    let principal = proto::Principal {
+        name: "bench-ingest".into(),
+        unit: "provincial-centre".into(),
+        roles: vec!["ingest".into()],
+        sectors: vec![],
+        cameras: cameras.to_vec(),
+    };
+    let t = proto::admin_client::AdminClient::new(ch)
+        .create_token(authed(proto::CreateTokenRequest { principal: Some(principal) }, admin)?)
+        .await
+        .map_err(|e| format!("CreateToken: {e}"))?;
+    Ok(t.into_inner().token)
+}
+
+/// Publishes `frames` (capture time, key, payload) on one stream as fast as the server takes
+/// them; returns the final durable sequence number.
+async fn publish(
+    ch: Channel,
+    token: String,
+    camera: String,
+    frames: impl Iterator<Item = (i64, bool, Vec<u8>)> + Send + 'static,
+) -> Result<u64, String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(32);
+    let open = proto::OpenStream {
+        camera,
+        codec: Some(proto::CodecConfig { codec: proto::Codec::H264 as i32, config: H264_1080P_CONFIG.to_vec() }),
+    };
+    tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Open(open)) }).await.map_err(|e| e.to_string())?;
+    let sender = tokio::spawn(async move {
+        for (n, (ts_us, key, payload)) in frames.enumerate() {
+            let f = proto::Frame { ts_us, pts_90k: Some(n as i64 * 3600), key, payload };
+            if tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Frame(f)) }).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut client = proto::ingest_client::IngestClient::new(ch).max_encoding_message_size(camvault_server::server::MESSAGE_BYTES_MAX);
+    let mut acks =
+        client.publish(authed(tokio_stream::wrappers::ReceiverStream::new(rx), &token)?).await.map_err(|e| e.to_string())?.into_inner();
+    let mut durable = 0;
+    while let Some(a) = acks.message().await.map_err(|e| e.to_string())? {
+        durable = a.durable_seq;
+    }
+    let _ = sender.await;
+    Ok(durable)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())
+}
+
+/// The scenario over gRPC: one publish call per stream, all concurrent, unpaced. The clock
+/// stops when every stream's final acknowledgement says all its frames are sealed and durable;
+/// then the server is stopped and every frame is read back from its store.
+pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) -> Result<RunResult, String> {
+    let data = dir.join("data");
+    let server = ServerProcess::start(bin, &data)?;
+    let cameras: Vec<String> = (0..sc.streams).map(|i| format!("cam-{i:05}")).collect();
+    let rt = runtime()?;
+    let url = server.url();
+    let frames_per_stream = u64::from(sc.seconds) * u64::from(sc.profile.fps);
+    // Recent capture times: the server's retention sweep would erase video older than 30 days.
+    let t0 = camvault_server::now_us() - i64::from(sc.seconds) * 1_000_000 - 60_000_000;
+    let token = rt.block_on(setup(&url, &server.admin, &cameras))?;
+    let rss0 = rss_bytes();
+    let cpu0 = cpu_seconds() + server.cpu_seconds();
+    let start = Instant::now();
+    let durable: Vec<u64> = rt.block_on(async {
+        let mut channels = Vec::new();
+        for _ in 0..sc.streams.div_ceil(STREAMS_PER_CONNECTION) {
+            channels.push(connect(&url).await?);
+        }
+        let mut tasks = Vec::with_capacity(sc.streams);
+        for (i, camera) in cameras.iter().enumerate() {
+            let profile = sc.profile;
+            let payload = payload.to_vec();
+            let frames = (0..frames_per_stream).map(move |n| {
+                let (size, key) = profile.frame_bytes(n, (i % 25) as u32);
+                (t0 + n as i64 * profile.frame_us(), key, payload[..size].to_vec())
+            });
+            let ch = channels[i / STREAMS_PER_CONNECTION].clone();
+            tasks.push(tokio::spawn(publish(ch, token.clone(), camera.clone(), frames)));
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(t.await.map_err(|e| e.to_string())??);
+        }
+        Ok::<_, String>(out)
+    })?;
+    let elapsed = start.elapsed();
+    let cpu = cpu_seconds() + server.cpu_seconds() - cpu0;
+    let peak = rss_bytes();
+    if let Some((i, d)) = durable.iter().enumerate().find(|(_, &d)| d != frames_per_stream) {
+        return Err(format!("stream {i}: {d} of {frames_per_stream} frames acknowledged durable"));
+    }
+    server.stop()?;
+    let payload_bytes: u64 =
+        (0..sc.streams).map(|i| (0..frames_per_stream).map(|n| sc.profile.frame_bytes(n, (i % 25) as u32).0 as u64).sum::<u64>()).sum();
+    let mut cfg = storage_core::StoreConfig::new(&data);
+    cfg.sweep_interval = None;
+    let store = storage_core::Store::open(cfg).map_err(|e| e.to_string())?;
+    let verified = verify_engine(&store, sc, payload, t0).map_err(|e| e.to_string())?;
+    drop(store);
+    Ok(RunResult {
+        payload_bytes,
+        disk_bytes: dir_bytes(&data.join("segments")),
+        elapsed,
+        frames: frames_per_stream * sc.streams as u64,
+        rss_per_stream: peak.saturating_sub(rss0) / sc.streams as u64,
+        verified_frames: verified,
+        cpu_s: cpu,
+    })
+}
+
+/// One clip's export against raw reads of its ciphertext.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportResult {
+    /// Seconds of video in the clip.
+    pub seconds: u32,
+    /// Bytes of the clip's segment files (ciphertext, framing, sidecars excluded).
+    pub segment_bytes: u64,
+    /// Bytes of the MP4 the export produced.
+    pub mp4_bytes: u64,
+    /// Export over gRPC, from the request to the signed manifest; page cache dropped first
+    /// when `cold`.
+    pub export: Duration,
+    /// `cat` of the same segment files; page cache dropped first when `cold`.
+    pub raw_read: Duration,
+    /// The library's decrypting reader over the same range, same cache state.
+    pub engine_read: Duration,
+    /// Whether the page cache could be dropped before each read.
+    pub cold: bool,
+}
+
+/// Drops the page cache (needs root); false where it cannot.
+pub fn drop_caches() -> bool {
+    // Dirty pages first: drop_caches leaves them.
+    Command::new("sync").status().is_ok_and(|s| s.success()) && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(segment_files(&p));
+            } else if p.extension().is_some_and(|x| x == "seg") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Encodes `seconds` of 1080p H.264 at a constant 4 Mbit/s, 25 fps, 1 s GOP, no B-frames with
+/// ffmpeg: the parameter sets and the access units with their key flags.
+pub fn encode_clip(dir: &Path, seconds: u32) -> Result<(Vec<u8>, Vec<(bool, Vec<u8>)>), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let out = dir.join("clip.h264");
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=25", "-t", &seconds.to_string()])
+        .args(["-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", "-bf", "0", "-g", "25"])
+        .args(["-b:v", "4M", "-minrate", "4M", "-maxrate", "4M", "-bufsize", "2M", "-x264-params", "nal-hrd=cbr:force-cfr=1", "-f", "h264"])
+        .arg(&out)
+        .status()
+        .map_err(|e| format!("ffmpeg (Debian package ffmpeg) is needed for the export figure: {e}"))?;
+    if !status.success() {
+        return Err(format!("ffmpeg failed: {status}"));
+    }
+    let data = std::fs::read(&out).map_err(|e| e.to_string())?;
+    let (aus, config) = camvault_server::h26x::access_units(storage_core::Codec::H264, &data);
+    if aus.is_empty() || config.is_empty() {
+        return Err("ffmpeg's output holds no access units".into());
+    }
+    Ok((config, aus.into_iter().map(|a| (a.key, a.data)).collect()))
+}
+
+/// Ingests `seconds` of one camera's real encoded video (`clip`: Annex B access units and their
+/// key flags, looped; capture times at `fps`), then exports it as MP4 over gRPC and reads the
+/// same segment files raw and through the library.
+pub fn run_export(bin: &Path, dir: &Path, config: &[u8], clip: &[(bool, Vec<u8>)], fps: u32, seconds: u32) -> Result<ExportResult, String> {
+    let data = dir.join("data");
+    let server = ServerProcess::start(bin, &data)?;
+    let rt = runtime()?;
+    let url = server.url();
+    let camera = "export-cam".to_string();
+    let token = rt.block_on(setup(&url, &server.admin, std::slice::from_ref(&camera)))?;
+    let frame_us = 1_000_000 / i64::from(fps);
+    let frames = u64::from(seconds) * u64::from(fps);
+    let t0 = camvault_server::now_us() - i64::from(seconds) * 1_000_000 - 60_000_000;
+    let clip_owned = clip.to_vec();
+    let config = config.to_vec();
+    let durable = rt.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel(32);
+        let open =
+            proto::OpenStream { camera: camera.clone(), codec: Some(proto::CodecConfig { codec: proto::Codec::H264 as i32, config }) };
+        tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Open(open)) }).await.map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            for n in 0..frames {
+                let (key, au) = &clip_owned[(n % clip_owned.len() as u64) as usize];
+                let f = proto::Frame {
+                    ts_us: t0 + n as i64 * frame_us,
+                    pts_90k: Some(n as i64 * 90_000 / i64::from(fps)),
+                    key: *key,
+                    payload: au.clone(),
+                };
+                if tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Frame(f)) }).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut client = proto::ingest_client::IngestClient::new(connect(&url).await?)
+            .max_encoding_message_size(camvault_server::server::MESSAGE_BYTES_MAX);
+        let mut acks =
+            client.publish(authed(tokio_stream::wrappers::ReceiverStream::new(rx), &token)?).await.map_err(|e| e.to_string())?.into_inner();
+        let mut durable = 0;
+        while let Some(a) = acks.message().await.map_err(|e| e.to_string())? {
+            durable = a.durable_seq;
+        }
+        Ok::<_, String>(durable)
+    })?;
+    if durable != frames {
+        return Err(format!("export clip: {durable} of {frames} frames acknowledged durable"));
+    }
+    let files = segment_files(&data.join("segments"));
+    let segment_bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    let to_us = t0 + frames as i64 * frame_us;
+    let cold = drop_caches();
+    let start = Instant::now();
+    let mp4_bytes = rt.block_on(async {
+        let mut c = proto::export_client::ExportClient::new(connect(&url).await?)
+            .max_decoding_message_size(camvault_server::server::MESSAGE_BYTES_MAX);
+        let access = proto::Access { purpose: "benchmark: export throughput".into(), ..Default::default() };
+        let req = proto::ExportRequest { camera: camera.clone(), from_us: t0, to_us, access: Some(access) };
+        let mut s = c.export_clip(authed(req, &server.admin)?).await.map_err(|e| format!("ExportClip: {e}"))?.into_inner();
+        let mut bytes = 0u64;
+        let mut manifest = false;
+        while let Some(chunk) = s.message().await.map_err(|e| format!("ExportClip: {e}"))? {
+            match chunk.part {
+                Some(proto::export_chunk::Part::Mp4(b)) => bytes += b.len() as u64,
+                Some(proto::export_chunk::Part::Manifest(_)) => manifest = true,
+                None => {}
+            }
+        }
+        if !manifest {
+            return Err("the export ended without its signed manifest".to_string());
+        }
+        Ok::<_, String>(bytes)
+    })?;
+    let export = start.elapsed();
+    server.stop()?;
+    drop_caches();
+    let start = Instant::now();
+    let mut buf = vec![0u8; 1 << 20];
+    for f in &files {
+        let mut file = std::fs::File::open(f).map_err(|e| e.to_string())?;
+        while file.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
+    }
+    let raw_read = start.elapsed();
+    let mut cfg = storage_core::StoreConfig::new(&data);
+    cfg.sweep_interval = None;
+    let store = storage_core::Store::open(cfg).map_err(|e| e.to_string())?;
+    drop_caches();
+    let start = Instant::now();
+    let mut read_frames = 0u64;
+    for item in store.read(&camera, t0, to_us).map_err(|e| e.to_string())? {
+        if let storage_core::ReadItem::Frame(_) = item.map_err(|e| e.to_string())? {
+            read_frames += 1;
+        }
+    }
+    let engine_read = start.elapsed();
+    if read_frames != frames {
+        return Err(format!("export clip: read back {read_frames} of {frames} frames"));
+    }
+    Ok(ExportResult { seconds, segment_bytes, mp4_bytes, export, raw_read, engine_read, cold })
+}
