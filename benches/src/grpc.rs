@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use camvault_server::proto;
 use tonic::transport::Channel;
 use tonic::Request;
@@ -156,7 +157,7 @@ async fn publish(
     ch: Channel,
     token: String,
     camera: String,
-    frames: impl Iterator<Item = (i64, bool, Vec<u8>)> + Send + 'static,
+    frames: impl Iterator<Item = (i64, bool, Bytes)> + Send + 'static,
 ) -> Result<u64, String> {
     let (tx, rx) = tokio::sync::mpsc::channel(32);
     let open = proto::OpenStream {
@@ -209,12 +210,15 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) ->
             channels.push(connect(&url).await?);
         }
         let mut tasks = Vec::with_capacity(sc.streams);
+        // Frames are slices of one shared buffer: the client copies a payload only into the
+        // HTTP/2 send buffer, as a camera gateway forwarding received frames would.
+        let shared = Bytes::copy_from_slice(payload);
         for (i, camera) in cameras.iter().enumerate() {
             let profile = sc.profile;
-            let payload = payload.to_vec();
+            let payload = shared.clone();
             let frames = (0..frames_per_stream).map(move |n| {
                 let (size, key) = profile.frame_bytes(n, (i % 25) as u32);
-                (t0 + n as i64 * profile.frame_us(), key, payload[..size].to_vec())
+                (t0 + n as i64 * profile.frame_us(), key, payload.slice(..size))
             });
             let ch = channels[i / STREAMS_PER_CONNECTION].clone();
             tasks.push(tokio::spawn(publish(ch, token.clone(), camera.clone(), frames)));
@@ -328,7 +332,7 @@ pub fn run_export(bin: &Path, dir: &Path, config: &[u8], clip: &[(bool, Vec<u8>)
     let frame_us = 1_000_000 / i64::from(fps);
     let frames = u64::from(seconds) * u64::from(fps);
     let t0 = camvault_server::now_us() - i64::from(seconds) * 1_000_000 - 60_000_000;
-    let clip_owned = clip.to_vec();
+    let clip_owned: Vec<(bool, Bytes)> = clip.iter().map(|(k, au)| (*k, Bytes::copy_from_slice(au))).collect();
     let config = config.to_vec();
     let durable = rt.block_on(async {
         let (tx, rx) = tokio::sync::mpsc::channel(32);

@@ -20,6 +20,7 @@ use storage_core::{Codec, FlushPolicy, FrameIn, Store, StoreConfig, WRITE_BATCH_
 
 pub mod grpc;
 pub mod peer;
+pub mod ramp;
 
 /// A camera stream's shape.
 #[derive(Debug, Clone, Copy)]

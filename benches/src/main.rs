@@ -118,8 +118,65 @@ fn main() {
         let seconds: u32 = arg("--export-seconds").and_then(|s| s.parse().ok()).unwrap_or(if smoke { 4 } else { 3600 });
         export(bin, &base, seconds);
     }
+    let steps: Vec<usize> = arg("--ramp").map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect()).unwrap_or_else(|| {
+        if smoke {
+            vec![2, 4]
+        } else {
+            vec![250, 500, 750, 1000, 1500, 2000]
+        }
+    });
+    ramp(&base, profile, &steps, if smoke { 2 } else { 10 }, &payload);
     erase_costs(&base, smoke, &arg("--keys"), &arg("--erase-segments"));
     index_and_recovery(&base, smoke, &payload);
+}
+
+/// Paced streams, stepped up until durable acknowledgements or frame delivery fall behind.
+fn ramp(base: &std::path::Path, profile: Profile, steps: &[usize], seconds: u32, payload: &[u8]) {
+    let flush = Duration::from_secs(1);
+    let bound_ms = flush.as_secs_f64() * 1e3 + 50.0;
+    println!();
+    println!(
+        "| ramp: paced streams, group commit 1 s | offered MB/s | durable-ack p50 / p99 / max ms: engine | raw files | frames later than {} s (dropped): engine | raw | longest append ms: engine | raw | engine p99 <= {bound_ms:.0} ms, no drops |",
+        camvault_benches::ramp::CAMERA_BUFFER.as_secs()
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let mut knee = None;
+    for &n in steps {
+        let dir = base.join(format!("ramp{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let raw = camvault_benches::ramp::run_step_raw(&dir.join("raw"), profile, n, seconds, flush, payload)
+            .unwrap_or_else(|e| fail("ramp (raw)", e));
+        let _ = std::fs::remove_dir_all(&dir);
+        let r = camvault_benches::ramp::run_step(&dir, profile, n, seconds, flush, payload).unwrap_or_else(|e| fail("ramp", e));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ok = r.p99_ms <= bound_ms && r.late_frames == 0;
+        println!(
+            "| {n} | {:.0} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {}/{} | {}/{} | {:.0} | {:.0} | {} |",
+            r.offered_mb_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            raw.p50_ms,
+            raw.p99_ms,
+            raw.max_ms,
+            r.late_frames,
+            r.frames,
+            raw.late_frames,
+            raw.frames,
+            r.max_append_ms,
+            raw.max_append_ms,
+            if ok { "yes" } else { "no" }
+        );
+        if !ok {
+            break;
+        }
+        knee = Some(n);
+    }
+    match knee {
+        Some(k) if Some(&k) == steps.last() => println!("| knee | above {k} streams (every step kept up) | | | | | |"),
+        Some(k) => println!("| knee | between {k} and the next step | | | | | |"),
+        None => println!("| knee | below {} streams | | | | | |", steps.first().copied().unwrap_or(0)),
+    }
 }
 
 /// Export of a clip of real encoded video against reading its segment files raw.

@@ -23,7 +23,9 @@ pub const FLUSHER_THREADS_MAX: usize = 64;
 /// When appended frames are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushPolicy {
-    /// Group commit: every stream with new data is written and fsynced on this period.
+    /// Group commit: every stream with new data is written and fsynced so that an appended
+    /// frame is durable about this long after it was appended (the flusher starts each round
+    /// early by as long as recent rounds took), until the disk cannot keep up.
     Interval(Duration),
     /// Each stream fsyncs when a key frame arrives (the previous GOP becomes durable), on the
     /// appending thread.

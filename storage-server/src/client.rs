@@ -210,7 +210,7 @@ async fn ingest(args: &Args) -> Result<(), String> {
             if !fast {
                 tokio::time::sleep_until((started + Duration::from_micros(offset_us.max(0) as u64)).into()).await;
             }
-            let f = proto::Frame { ts_us: start_us + offset_us, pts_90k: Some(pts_90k), key, payload };
+            let f = proto::Frame { ts_us: start_us + offset_us, pts_90k: Some(pts_90k), key, payload: payload.into() };
             if tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Frame(f)) }).await.is_err() {
                 return;
             }

@@ -483,7 +483,7 @@ fn item_to_proto(i: ReadItem) -> proto::ReadItem {
         item: Some(match i {
             ReadItem::Config(c) => proto::read_item::Item::Config(proto::CodecConfig { codec: codec_to(c.codec), config: c.data.to_vec() }),
             ReadItem::Frame(f) => {
-                proto::read_item::Item::Frame(proto::Frame { ts_us: f.ts_us, pts_90k: f.pts_90k, key: f.key, payload: f.payload.to_vec() })
+                proto::read_item::Item::Frame(proto::Frame { ts_us: f.ts_us, pts_90k: f.pts_90k, key: f.key, payload: f.payload })
             }
         }),
     }
@@ -593,8 +593,10 @@ fn export(
     let mut hasher = Sha256::new();
     let mut send = |bytes: Vec<u8>| -> Result<(), Status> {
         hasher.update(&bytes);
-        for chunk in bytes.chunks(EXPORT_CHUNK_BYTES) {
-            tx.blocking_send(Ok(proto::ExportChunk { part: Some(proto::export_chunk::Part::Mp4(chunk.to_vec())) }))
+        let bytes = bytes::Bytes::from(bytes);
+        for start in (0..bytes.len()).step_by(EXPORT_CHUNK_BYTES) {
+            let chunk = bytes.slice(start..(start + EXPORT_CHUNK_BYTES).min(bytes.len()));
+            tx.blocking_send(Ok(proto::ExportChunk { part: Some(proto::export_chunk::Part::Mp4(chunk)) }))
                 .map_err(|_| Status::cancelled("the client went away"))?;
         }
         Ok(())
@@ -605,11 +607,11 @@ fn export(
     let mut start_key_us = None;
     let mut frames = 0u64;
     let mut seq = 0u32;
-    let mut pending: Vec<(i64, Option<i64>, bool, Vec<u8>)> = Vec::new();
+    let mut pending: Vec<(i64, Option<i64>, bool, bytes::Bytes)> = Vec::new();
     let mut pending_bytes = 0usize;
     let mut last_duration = 3600u32;
     let mut reorder_90k: Option<i64> = None;
-    let mut flush = |pending: &mut Vec<(i64, Option<i64>, bool, Vec<u8>)>,
+    let mut flush = |pending: &mut Vec<(i64, Option<i64>, bool, bytes::Bytes)>,
                      next_dts_us: Option<i64>,
                      codec: Codec,
                      first_dts: i64,
@@ -674,7 +676,7 @@ fn export(
                     pending_bytes = 0;
                 }
                 pending_bytes += f.payload.len();
-                pending.push((f.ts_us, f.pts_90k, f.key, f.payload.to_vec()));
+                pending.push((f.ts_us, f.pts_90k, f.key, f.payload));
                 frames += 1;
             }
         }

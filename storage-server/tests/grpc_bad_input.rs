@@ -48,7 +48,7 @@ fn h264_config() -> Vec<u8> {
 fn frame(ts_us: i64, key: bool, len: usize) -> proto::PublishRequest {
     let mut payload = vec![0, 0, 0, 1, if key { 0x65 } else { 0x41 }, 0x88];
     payload.resize(len.max(6), 0x5a);
-    proto::PublishRequest { msg: Some(Msg::Frame(proto::Frame { ts_us, pts_90k: None, key, payload })) }
+    proto::PublishRequest { msg: Some(Msg::Frame(proto::Frame { ts_us, pts_90k: None, key, payload: payload.into() })) }
 }
 
 fn open(camera: &str, codec: i32, config: Vec<u8>) -> proto::PublishRequest {

@@ -211,7 +211,7 @@ impl Store {
         recover::recover(&inner, loaded.entries)?;
         inner.resume_erasures()?;
         let flusher = match inner.config.flush {
-            FlushPolicy::Interval(period) => Some(spawn_periodic(&inner, "camvault-flusher", period, |i| {
+            FlushPolicy::Interval(period) => Some(spawn_periodic(&inner, "camvault-flusher", period, Cadence::Deadline, |i| {
                 if let Err(e) = flush_all(i) {
                     tracing::error!(error = %e, "group commit failed for at least one stream");
                 }
@@ -219,7 +219,7 @@ impl Store {
             _ => None,
         };
         let sweeper = match inner.config.sweep_interval {
-            Some(period) => Some(spawn_periodic(&inner, "camvault-sweeper", period, |i| match i.sweep(None, "system") {
+            Some(period) => Some(spawn_periodic(&inner, "camvault-sweeper", period, Cadence::Rest, |i| match i.sweep(None, "system") {
                 Ok(r) if r.erased() > 0 => tracing::info!(erased = r.erased(), held_back = r.held_back, "retention sweep"),
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "retention sweep failed; it will run again"),
@@ -429,23 +429,53 @@ impl Drop for Store {
 }
 
 /// Runs `work` every `period` on a named thread until the store shuts down or is dropped.
-fn spawn_periodic(inner: &Arc<Inner>, name: &str, period: std::time::Duration, work: fn(&Arc<Inner>)) -> Result<JoinHandle<()>> {
+/// How a periodic thread spaces its rounds.
+#[derive(Debug, Clone, Copy)]
+enum Cadence {
+    /// `period` of rest between rounds (the retention sweep).
+    Rest,
+    /// `period` is a bound on how long work may wait for a round (group commit): the wait
+    /// before a round is `period` less the longest of the last four rounds, so that a frame
+    /// appended just after one round's snapshot is durable about `period` later, not `period`
+    /// plus a round's fsyncs. Rounds run back to back once a round takes a whole period: the
+    /// disk's limit, where acknowledgements start to lag.
+    Deadline,
+}
+
+fn spawn_periodic(
+    inner: &Arc<Inner>,
+    name: &str,
+    period: std::time::Duration,
+    cadence: Cadence,
+    work: fn(&Arc<Inner>),
+) -> Result<JoinHandle<()>> {
     let weak = Arc::downgrade(inner);
+    // The durations of the last rounds: a deadline cadence starts each round early by the
+    // longest of them.
+    let mut recent = [std::time::Duration::ZERO; 4];
+    let mut round = 0usize;
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || loop {
             let Some(strong) = weak.upgrade() else { return };
             {
+                let wait = match cadence {
+                    Cadence::Rest => period,
+                    Cadence::Deadline => period.saturating_sub(recent.iter().copied().max().unwrap_or_default()),
+                };
                 let Ok(guard) = strong.shutdown.lock() else { return };
                 if *guard {
                     return;
                 }
-                let Ok((guard, _)) = strong.shutdown_cv.wait_timeout(guard, period) else { return };
+                let Ok((guard, _)) = strong.shutdown_cv.wait_timeout(guard, wait) else { return };
                 if *guard {
                     return;
                 }
             }
+            let started = std::time::Instant::now();
             work(&strong);
+            recent[round % recent.len()] = started.elapsed();
+            round += 1;
         })
         .map_err(|e| Error::io("spawn thread", PathBuf::from(name), e))
 }
