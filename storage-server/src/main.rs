@@ -115,6 +115,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// HTTP/2 receive window of one call (one camera's publish stream): two 4K I-frames.
+const HTTP2_STREAM_WINDOW_BYTES: u32 = 4 << 20;
+/// HTTP/2 receive window of one connection, shared by its calls.
+const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+
 /// How long running calls (live publishers, follows) may continue after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -250,6 +255,11 @@ fn serve(args: &Args) -> Result<(), String> {
             // Per-connection concurrency is bounded; deadlines come from each call's grpc-timeout
             // (a live publish stream has none), and silent publishers time out on their own.
             .concurrency_limit_per_connection(256)
+            // HTTP/2 receive windows sized for video: the 64 KiB protocol default lets a
+            // publisher send one window per round trip, well under a camera's I-frame. The
+            // connection window bounds what one client can have in flight.
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -27,6 +27,9 @@ use crate::state::{load, new_secret, save, sha256_hex, CameraInfo, Cameras, Prin
 pub const MESSAGE_BYTES_MAX: usize = storage_core::FRAME_BYTES_MAX + (64 << 10);
 /// A publisher that sends nothing for this long is disconnected.
 pub const PUBLISH_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most publish messages appended per hand-over to a blocking thread.
+const PUBLISH_BATCH_MESSAGES: usize = 64;
+
 /// How often a publisher hears the durable sequence number when it advances.
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a live follow polls for newly durable frames.
@@ -325,33 +328,38 @@ impl proto::ingest_server::Ingest for Api {
                                 Ok(Some(Err(e))) => return Err(e),
                                 Ok(Some(Ok(m))) => m,
                             };
-                            match msg.msg {
-                                Some(proto::publish_request::Msg::Frame(f)) => {
-                                    let r = tokio::task::block_in_place(|| writer.append(FrameIn { ts_us: f.ts_us, pts_90k: f.pts_90k, key: f.key, payload: &f.payload }));
-                                    match r {
-                                        Ok(seq) => {
-                                            accepted = seq;
-                                            server.metrics.camera(&camera, |c| {
-                                                c.frames += 1;
-                                                c.bytes += f.payload.len() as u64;
-                                            });
-                                        }
-                                        // A refused frame ends the stream with a clear status;
-                                        // everything accepted before it is sealed below.
-                                        Err(e) => {
-                                            server.metrics.camera(&camera, |c| c.refused += 1);
-                                            return Err(status(e));
-                                        }
+                            // Take what else has already arrived, so that one hand-over to a
+                            // blocking thread appends a batch instead of a single frame.
+                            let mut batch = vec![msg];
+                            let mut ended = None;
+                            while batch.len() < PUBLISH_BATCH_MESSAGES {
+                                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                                match Pin::new(&mut inbound).poll_next(&mut cx) {
+                                    std::task::Poll::Ready(Some(Ok(m))) => batch.push(m),
+                                    std::task::Poll::Ready(Some(Err(e))) => {
+                                        ended = Some(Err(e));
+                                        break;
                                     }
+                                    std::task::Poll::Ready(None) => {
+                                        ended = Some(Ok(()));
+                                        break;
+                                    }
+                                    std::task::Poll::Pending => break,
                                 }
-                                Some(proto::publish_request::Msg::CodecChange(c)) => {
-                                    let codec = codec_from(c.codec)?;
-                                    h26x::sample_description(codec, &c.config).map_err(|e| Status::invalid_argument(format!("codec change: {e}")))?;
-                                    writer.set_codec_config(codec, &c.config).map_err(status)?;
-                                }
-                                Some(proto::publish_request::Msg::Open(_)) | None => {
-                                    return Err(Status::invalid_argument("a stream is opened once; send frames"));
-                                }
+                            }
+                            // Segments are created by a stream's first frame and rolled at key frames
+                            // (or after a gap), where an append may wait for fsyncs: such batches move
+                            // to a blocking thread. Other appends encrypt into memory and at most hand
+                            // 256 KiB to the page cache, tens of microseconds, and run in place.
+                            let may_block = accepted == 0
+                                || batch.iter().any(|m| !matches!(&m.msg, Some(proto::publish_request::Msg::Frame(f)) if !f.key));
+                            if may_block {
+                                tokio::task::block_in_place(|| apply_publish(&server, &camera, &mut writer, batch, &mut accepted))?;
+                            } else {
+                                apply_publish(&server, &camera, &mut writer, batch, &mut accepted)?;
+                            }
+                            if let Some(end) = ended {
+                                return end;
                             }
                         }
                         _ = tick.tick() => {}
@@ -383,6 +391,45 @@ impl proto::ingest_server::Ingest for Api {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Appends a batch of publish messages in order; a refused frame or a bad message ends the
+/// stream with a clear status (everything accepted before it is kept and sealed).
+fn apply_publish(
+    server: &Server,
+    camera: &str,
+    writer: &mut storage_core::StreamWriter,
+    batch: Vec<proto::PublishRequest>,
+    accepted: &mut u64,
+) -> Result<(), Status> {
+    for msg in batch {
+        match msg.msg {
+            Some(proto::publish_request::Msg::Frame(f)) => {
+                match writer.append(FrameIn { ts_us: f.ts_us, pts_90k: f.pts_90k, key: f.key, payload: &f.payload }) {
+                    Ok(seq) => {
+                        *accepted = seq;
+                        server.metrics.camera(camera, |c| {
+                            c.frames += 1;
+                            c.bytes += f.payload.len() as u64;
+                        });
+                    }
+                    Err(e) => {
+                        server.metrics.camera(camera, |c| c.refused += 1);
+                        return Err(status(e));
+                    }
+                }
+            }
+            Some(proto::publish_request::Msg::CodecChange(c)) => {
+                let codec = codec_from(c.codec)?;
+                h26x::sample_description(codec, &c.config).map_err(|e| Status::invalid_argument(format!("codec change: {e}")))?;
+                writer.set_codec_config(codec, &c.config).map_err(status)?;
+            }
+            Some(proto::publish_request::Msg::Open(_)) | None => {
+                return Err(Status::invalid_argument("a stream is opened once; send frames"));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
