@@ -123,7 +123,14 @@ fn authed<T>(msg: T, token: &str) -> Result<Request<T>, String> {
 }
 
 async fn connect(url: &str) -> Result<Channel, String> {
-    Channel::from_shared(url.to_string()).map_err(|e| e.to_string())?.connect().await.map_err(|e| format!("cannot reach {url}: {e}"))
+    Channel::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        // Receive windows sized for video, as the server's (an export streams 1 MiB chunks).
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))
 }
 
 /// Registers `cameras` in the administrator's unit and issues an ingest token for them.
@@ -270,7 +277,7 @@ pub struct ExportResult {
     pub raw_read: Duration,
     /// The library's decrypting reader over the same range, same cache state.
     pub engine_read: Duration,
-    /// Whether the page cache could be dropped before each read.
+    /// Whether the page cache was dropped before each read (asked for, and root).
     pub cold: bool,
 }
 
@@ -322,7 +329,15 @@ pub fn encode_clip(dir: &Path, seconds: u32) -> Result<(Vec<u8>, Vec<(bool, Vec<
 /// Ingests `seconds` of one camera's real encoded video (`clip`: Annex B access units and their
 /// key flags, looped; capture times at `fps`), then exports it as MP4 over gRPC and reads the
 /// same segment files raw and through the library.
-pub fn run_export(bin: &Path, dir: &Path, config: &[u8], clip: &[(bool, Vec<u8>)], fps: u32, seconds: u32) -> Result<ExportResult, String> {
+pub fn run_export(
+    bin: &Path,
+    dir: &Path,
+    config: &[u8],
+    clip: &[(bool, Vec<u8>)],
+    fps: u32,
+    seconds: u32,
+    cold: bool,
+) -> Result<ExportResult, String> {
     let data = dir.join("data");
     let server = ServerProcess::start(bin, &data)?;
     let rt = runtime()?;
@@ -369,7 +384,8 @@ pub fn run_export(bin: &Path, dir: &Path, config: &[u8], clip: &[(bool, Vec<u8>)
     let files = segment_files(&data.join("segments"));
     let segment_bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let to_us = t0 + frames as i64 * frame_us;
-    let cold = drop_caches();
+    let drop = || cold && drop_caches();
+    let cold = drop();
     let start = Instant::now();
     let mp4_bytes = rt.block_on(async {
         let mut c = proto::export_client::ExportClient::new(connect(&url).await?)
@@ -393,7 +409,7 @@ pub fn run_export(bin: &Path, dir: &Path, config: &[u8], clip: &[(bool, Vec<u8>)
     })?;
     let export = start.elapsed();
     server.stop()?;
-    drop_caches();
+    drop();
     let start = Instant::now();
     let mut buf = vec![0u8; 1 << 20];
     for f in &files {
@@ -404,7 +420,7 @@ pub fn run_export(bin: &Path, dir: &Path, config: &[u8], clip: &[(bool, Vec<u8>)
     let mut cfg = storage_core::StoreConfig::new(&data);
     cfg.sweep_interval = None;
     let store = storage_core::Store::open(cfg).map_err(|e| e.to_string())?;
-    drop_caches();
+    drop();
     let start = Instant::now();
     let mut read_frames = 0u64;
     for item in store.read(&camera, t0, to_us).map_err(|e| e.to_string())? {

@@ -116,7 +116,7 @@ fn main() {
     }
     if let Ok(bin) = &server_bin {
         let seconds: u32 = arg("--export-seconds").and_then(|s| s.parse().ok()).unwrap_or(if smoke { 4 } else { 3600 });
-        export(bin, &base, seconds);
+        export(bin, &base, seconds, !args.iter().any(|a| a == "--warm"));
     }
     let steps: Vec<usize> = arg("--ramp").map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect()).unwrap_or_else(|| {
         if smoke {
@@ -180,7 +180,7 @@ fn ramp(base: &std::path::Path, profile: Profile, steps: &[usize], seconds: u32,
 }
 
 /// Export of a clip of real encoded video against reading its segment files raw.
-fn export(bin: &std::path::Path, base: &std::path::Path, seconds: u32) {
+fn export(bin: &std::path::Path, base: &std::path::Path, seconds: u32, cold: bool) {
     let dir = base.join("export");
     let _ = std::fs::remove_dir_all(&dir);
     let (config, clip) = match camvault_benches::grpc::encode_clip(&dir.join("clip"), 10) {
@@ -190,10 +190,14 @@ fn export(bin: &std::path::Path, base: &std::path::Path, seconds: u32) {
             return;
         }
     };
-    let r = camvault_benches::grpc::run_export(bin, &dir, &config, &clip, 25, seconds).unwrap_or_else(|e| fail("export", e));
+    let r = camvault_benches::grpc::run_export(bin, &dir, &config, &clip, 25, seconds, cold).unwrap_or_else(|e| fail("export", e));
     let _ = std::fs::remove_dir_all(&dir);
     let mb_s = |d: std::time::Duration| r.segment_bytes as f64 / d.as_secs_f64() / 1e6;
-    let cache = if r.cold { "page cache dropped before each read" } else { "warm page cache (cannot drop it here)" };
+    let cache = match (r.cold, cold) {
+        (true, _) => "page cache dropped before each read",
+        (false, true) => "warm page cache: dropping it needs root",
+        (false, false) => "warm page cache (--warm)",
+    };
     println!();
     println!(
         "| export of {} s of 4 Mbit/s H.264 ({:.2} GB of segments, {cache}) | s | MB/s of segments | ratio to raw read |",

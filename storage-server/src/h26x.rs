@@ -4,27 +4,23 @@
 
 use storage_core::Codec;
 
-/// NAL units of an Annex B byte stream, without their start codes.
+/// NAL units of an Annex B byte stream, without their start codes. The start-code search is
+/// `memchr`'s vectorised substring search: export runs every stored byte through here.
 pub fn nals(data: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
-    let mut i = 0;
-    let mut start = None;
-    while i + 3 <= data.len() {
-        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
-            if let Some(s) = start {
-                let mut end = i;
-                while end > s && data[end - 1] == 0 {
-                    end -= 1;
-                }
-                if end > s {
-                    out.push(&data[s..end]);
-                }
+    let mut start: Option<usize> = None;
+    for i in memchr::memmem::find_iter(data, &[0u8, 0, 1]) {
+        if let Some(s) = start {
+            // A 4-byte start code (and trailing_zero_8bits) leaves zeros before the match.
+            let mut end = i;
+            while end > s && data[end - 1] == 0 {
+                end -= 1;
             }
-            i += 3;
-            start = Some(i);
-        } else {
-            i += 1;
+            if end > s {
+                out.push(&data[s..end]);
+            }
         }
+        start = Some(i + 3);
     }
     if let Some(s) = start {
         if s < data.len() {
@@ -577,4 +573,35 @@ pub fn presentation_order(codec: Codec, config: &[u8], aus: &[AccessUnit]) -> Ve
         start = end;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nals_split_at_three_and_four_byte_start_codes_and_drop_trailing_zeros() {
+        let stream = [
+            &[0xff, 0xee][..],                  // bytes before the first start code are not a NAL
+            &[0, 0, 0, 1, 0x67, 1, 2],          // 4-byte start code
+            &[0, 0, 1, 0x68, 3],                // 3-byte start code
+            &[0, 0, 0, 0, 1, 0x65, 0],          // trailing_zero_8bits before a 4-byte start code
+            &[0, 0, 1],                         // an empty NAL is skipped
+            &[0, 0, 1, 0x41, 9, 0, 3, 0, 0, 2], // emulation prevention keeps 00 00 03 inside
+        ]
+        .concat();
+        let got = nals(&stream);
+        let want: Vec<&[u8]> = vec![&[0x67, 1, 2], &[0x68, 3], &[0x65], &[0x41, 9, 0, 3, 0, 0, 2]];
+        assert_eq!(got, want);
+        assert!(nals(&[0, 0, 2, 0, 0]).is_empty(), "no start code, no NAL");
+        assert_eq!(nals(&[0, 0, 1, 0x09, 0xf0]), vec![&[0x09, 0xf0][..]]);
+    }
+
+    #[test]
+    fn length_prefixed_samples_leave_parameter_sets_to_the_sample_description() {
+        let au = [&[0, 0, 0, 1, 0x09, 0xf0][..], &[0, 0, 0, 1, 0x67, 7], &[0, 0, 1, 0x68, 8], &[0, 0, 1, 0x65, 1, 2, 3]].concat();
+        let mut out = Vec::new();
+        to_length_prefixed(Codec::H264, &au, &mut out);
+        assert_eq!(out, [0, 0, 0, 4, 0x65, 1, 2, 3]);
+    }
 }

@@ -36,6 +36,8 @@ const ACK_INTERVAL: Duration = Duration::from_millis(100);
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Export chunk size on the wire.
 const EXPORT_CHUNK_BYTES: usize = 1 << 20;
+/// MP4 fragments (one GOP each) queued between an export's muxer and its hashing thread.
+const EXPORT_PIPELINE_FRAGMENTS: usize = 4;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -637,16 +639,27 @@ fn export(
     justification: &str,
     tx: &mpsc::Sender<Result<proto::ExportChunk, Status>>,
 ) -> Result<(), Status> {
-    let mut hasher = Sha256::new();
-    let mut send = |bytes: Vec<u8>| -> Result<(), Status> {
-        hasher.update(&bytes);
-        let bytes = bytes::Bytes::from(bytes);
-        for start in (0..bytes.len()).step_by(EXPORT_CHUNK_BYTES) {
-            let chunk = bytes.slice(start..(start + EXPORT_CHUNK_BYTES).min(bytes.len()));
-            tx.blocking_send(Ok(proto::ExportChunk { part: Some(proto::export_chunk::Part::Mp4(chunk)) }))
-                .map_err(|_| Status::cancelled("the client went away"))?;
-        }
-        Ok(())
+    // Muxing (with the read and decryption under it) and hashing run on two threads: the
+    // manifest's SHA-256 of the file costs about as much CPU as decrypting it.
+    let (fragments, fragments_rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(EXPORT_PIPELINE_FRAGMENTS);
+    let wire = tx.clone();
+    let hashing = std::thread::Builder::new()
+        .name("camvault-export-hash".into())
+        .spawn(move || -> Result<Vec<u8>, Status> {
+            let mut hasher = Sha256::new();
+            for bytes in fragments_rx {
+                hasher.update(&bytes);
+                for start in (0..bytes.len()).step_by(EXPORT_CHUNK_BYTES) {
+                    let chunk = bytes.slice(start..(start + EXPORT_CHUNK_BYTES).min(bytes.len()));
+                    wire.blocking_send(Ok(proto::ExportChunk { part: Some(proto::export_chunk::Part::Mp4(chunk)) }))
+                        .map_err(|_| Status::cancelled("the client went away"))?;
+                }
+            }
+            Ok(hasher.finalize().to_vec())
+        })
+        .map_err(|e| Status::internal(format!("cannot start the export's hashing thread: {e}")))?;
+    let mut send = move |bytes: Vec<u8>| -> Result<(), Status> {
+        fragments.send(bytes::Bytes::from(bytes)).map_err(|_| Status::cancelled("the client went away"))
     };
     let mut codec = None;
     let mut first_dts_us = None;
@@ -733,7 +746,9 @@ fn export(
     } else {
         return Err(Status::not_found(format!("no video of {} in the range", r.camera)));
     }
-    let digest = storage_core::signing::hex(&hasher.finalize());
+    // The last fragment is queued: closing the queue lets the hashing thread finish.
+    drop(send);
+    let digest = storage_core::signing::hex(&hashing.join().map_err(|_| Status::internal("the export's hashing thread panicked"))??);
     let manifest = serde_json::json!({
         "type": "camvault-export-manifest",
         "version": 1,
