@@ -303,9 +303,12 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Access units of an encoded clip in decode order, each with its key-frame flag.
+pub type Clip = Vec<(bool, Vec<u8>)>;
+
 /// Encodes `seconds` of 1080p H.264 at a constant 4 Mbit/s, 25 fps, 1 s GOP, no B-frames with
 /// ffmpeg: the parameter sets and the access units with their key flags.
-pub fn encode_clip(dir: &Path, seconds: u32) -> Result<(Vec<u8>, Vec<(bool, Vec<u8>)>), String> {
+pub fn encode_clip(dir: &Path, seconds: u32) -> Result<(Vec<u8>, Clip), String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let out = dir.join("clip.h264");
     let status = Command::new("ffmpeg")

@@ -1,8 +1,15 @@
 //! `camvault-bench`: multi-stream ingest against the raw-disk baseline, printed as a table.
 //!
 //! ```text
-//! cargo run --release -p camvault-benches --bin camvault-bench -- [--smoke] [--dir DIR] [--streams 1,64,1000] [--seconds N]
+//! cargo build --release -p camvault-server -p camvault-benches
+//! ./target/release/camvault-bench [--smoke] [--dir DIR] [--streams 1,64,1000] [--seconds N] [--4k]
+//!     [--flush interval|gop|os] [--no-grpc] [--no-extras] [--ramp 250,500,...] [--export-seconds N] [--warm]
+//!     [--keys N] [--erase-segments N]
 //! ```
+//!
+//! The through-the-server figures start `camvault serve` from beside this binary (or
+//! `CAMVAULT_BIN`); the export figure needs ffmpeg for its H.264 clip. Without either, those
+//! figures are skipped with a note.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -113,6 +120,9 @@ fn main() {
     }
     if failed {
         std::process::exit(1);
+    }
+    if args.iter().any(|a| a == "--no-extras") {
+        return;
     }
     if let Ok(bin) = &server_bin {
         let seconds: u32 = arg("--export-seconds").and_then(|s| s.parse().ok()).unwrap_or(if smoke { 4 } else { 3600 });
