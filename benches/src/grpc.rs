@@ -198,7 +198,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// The scenario over gRPC: one publish call per stream, all concurrent, unpaced. The clock
 /// stops when every stream's final acknowledgement says all its frames are sealed and durable;
 /// then the server is stopped and every frame is read back from its store.
-pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) -> Result<RunResult, String> {
+///
+/// Returns the run (CPU of both processes) and the server process's CPU seconds alone.
+pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) -> Result<(RunResult, f64), String> {
     let data = dir.join("data");
     let server = ServerProcess::start(bin, &data)?;
     let cameras: Vec<String> = (0..sc.streams).map(|i| format!("cam-{i:05}")).collect();
@@ -209,7 +211,8 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) ->
     let t0 = camvault_server::now_us() - i64::from(sc.seconds) * 1_000_000 - 60_000_000;
     let token = rt.block_on(setup(&url, &server.admin, &cameras))?;
     let rss0 = rss_bytes();
-    let cpu0 = cpu_seconds() + server.cpu_seconds();
+    let server_cpu0 = server.cpu_seconds();
+    let cpu0 = cpu_seconds() + server_cpu0;
     let start = Instant::now();
     let durable: Vec<u64> = rt.block_on(async {
         let mut channels = Vec::new();
@@ -237,6 +240,7 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) ->
         Ok::<_, String>(out)
     })?;
     let elapsed = start.elapsed();
+    let server_cpu = server.cpu_seconds() - server_cpu0;
     let cpu = cpu_seconds() + server.cpu_seconds() - cpu0;
     let peak = rss_bytes();
     if let Some((i, d)) = durable.iter().enumerate().find(|(_, &d)| d != frames_per_stream) {
@@ -250,7 +254,7 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) ->
     let store = storage_core::Store::open(cfg).map_err(|e| e.to_string())?;
     let verified = verify_engine(&store, sc, payload, t0).map_err(|e| e.to_string())?;
     drop(store);
-    Ok(RunResult {
+    let run = RunResult {
         payload_bytes,
         disk_bytes: dir_bytes(&data.join("segments")),
         elapsed,
@@ -258,7 +262,9 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) ->
         rss_per_stream: peak.saturating_sub(rss0) / sc.streams as u64,
         verified_frames: verified,
         cpu_s: cpu,
-    })
+        connect: Duration::ZERO,
+    };
+    Ok((run, server_cpu))
 }
 
 /// One clip's export against raw reads of its ciphertext.

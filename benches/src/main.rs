@@ -46,9 +46,9 @@ fn main() {
         profile.gop_frames
     );
     println!(
-        "| streams | raw MB/s | engine MB/s | engine/raw | fjall MB/s | engine/fjall | sequential MB/s | engine/seq | write amp engine (fjall) | RSS/stream KiB | CPU s/GB engine (fjall) | frames verified engine, fjall |"
+        "| streams | raw MB/s | engine MB/s | engine/raw | fjall MB/s | engine/fjall | sequential MB/s | engine/seq | write amp engine (fjall) | RSS/stream KiB | CPU s/GB engine (fjall) | frames verified engine, fjall | first frames (segment creation) s |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
     // The server binary drives the through-the-server figures; without it they are skipped.
     let server_bin =
@@ -65,7 +65,7 @@ fn main() {
         if let (Ok(bin), Policy::Interval) = (&server_bin, policy) {
             let g = camvault_benches::grpc::run_grpc_ingest(bin, &dir.join("grpc"), &sc, &payload).unwrap_or_else(|e| fail("gRPC run", e));
             let _ = std::fs::remove_dir_all(dir.join("grpc"));
-            grpc_rows.push((n, eng, g));
+            grpc_rows.push((n, eng, g.0, g.1));
         }
         let peer = camvault_benches::peer::run_peer(&dir.join("fjall"), &sc, &payload).unwrap_or_else(|e| fail("fjall run", e));
         let _ = std::fs::remove_dir_all(dir.join("fjall"));
@@ -74,7 +74,7 @@ fn main() {
         let ok = eng.verified_frames == eng.frames && peer.verified_frames == peer.frames;
         failed |= !ok;
         println!(
-            "| {n} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.3} ({:.2}) | {} | {:.2} ({:.2}) | {}/{}, {}/{}{} |",
+            "| {n} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.3} ({:.2}) | {} | {:.2} ({:.2}) | {}/{}, {}/{}{} | {:.2} |",
             raw.mb_s(),
             eng.mb_s(),
             eng.mb_s() / raw.mb_s(),
@@ -91,23 +91,25 @@ fn main() {
             eng.frames,
             peer.verified_frames,
             peer.frames,
-            if ok { "" } else { " LOST OR REORDERED FRAMES" }
+            if ok { "" } else { " LOST OR REORDERED FRAMES" },
+            eng.connect.as_secs_f64()
         );
     }
     match &server_bin {
         Ok(_) if !grpc_rows.is_empty() => {
             println!();
-            println!("| streams over gRPC (loopback, separate server process) | engine MB/s | gRPC MB/s | gRPC/engine | CPU s/GB engine | CPU s/GB client+server | frames verified |");
-            println!("|---:|---:|---:|---:|---:|---:|---:|");
-            for (n, eng, g) in &grpc_rows {
+            println!("| streams over gRPC (loopback, separate server process) | engine MB/s | gRPC MB/s | gRPC/engine | CPU s/GB engine | CPU s/GB server | CPU s/GB client+server | frames verified |");
+            println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+            for (n, eng, g, server_cpu) in &grpc_rows {
                 let ok = g.verified_frames == g.frames;
                 failed |= !ok;
                 println!(
-                    "| {n} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {}/{}{} |",
+                    "| {n} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {}/{}{} |",
                     eng.mb_s(),
                     g.mb_s(),
                     g.mb_s() / eng.mb_s(),
                     eng.cpu_s_per_gb(),
+                    server_cpu / (g.payload_bytes as f64 / 1e9),
                     g.cpu_s_per_gb(),
                     g.verified_frames,
                     g.frames,
@@ -132,7 +134,7 @@ fn main() {
         if smoke {
             vec![2, 4]
         } else {
-            vec![250, 500, 750, 1000, 1500, 2000]
+            vec![250, 500, 1000, 1500, 2000, 3000]
         }
     });
     ramp(&base, profile, &steps, if smoke { 2 } else { 10 }, &payload);

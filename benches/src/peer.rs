@@ -98,5 +98,6 @@ pub fn run_peer(dir: &Path, sc: &Scenario, payload: &[u8]) -> Result<RunResult, 
         rss_per_stream: peak.saturating_sub(rss0) / sc.streams as u64,
         verified_frames: verified,
         cpu_s: cpu - cpu0,
+        connect: Duration::ZERO,
     })
 }

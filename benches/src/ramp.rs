@@ -231,6 +231,26 @@ fn paced<S: Sink>(sinks: Vec<S>, profile: Profile, seconds: u32, flush: Duration
     }
     let frames = u64::from(seconds) * u64::from(profile.fps);
     let frame = Duration::from_micros(profile.frame_us() as u64);
+    // Each stream's first frame is appended before the clock starts: it creates the stream's
+    // segment (the engine: a key store and a catalog fsync shared by concurrent creators; raw:
+    // the file already exists). The ramp measures recording, not a thousand cameras connecting
+    // in the same instant.
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .iter_mut()
+            .enumerate()
+            .map(|(t, part)| {
+                s.spawn(move || -> Result<(), String> {
+                    for (i, p) in part.iter_mut().enumerate() {
+                        let (size, key) = profile.frame_bytes(0, ((t * per + i) % 25) as u32);
+                        p.sink.append(T0_US, key, &payload[..size])?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err("ramp thread panicked".into())))
+    })?;
     let start = Instant::now() + Duration::from_millis(50);
     type ThreadResult<S> = Result<(Vec<f64>, u64, Vec<Paced<S>>, Duration), String>;
     let results: Vec<ThreadResult<S>> = std::thread::scope(|s| {
@@ -243,7 +263,7 @@ fn paced<S: Sink>(sinks: Vec<S>, profile: Profile, seconds: u32, flush: Duration
                     let mut late = 0u64;
                     let mut collected = Instant::now();
                     let mut worst_append = Duration::ZERO;
-                    for n in 0..frames {
+                    for n in 1..=frames {
                         // Streams are spread evenly over the frame interval, as unsynchronised
                         // cameras are; each frame is appended no earlier than its capture time.
                         let len = part.len().max(1) as u32;
@@ -254,7 +274,7 @@ fn paced<S: Sink>(sinks: Vec<S>, profile: Profile, seconds: u32, flush: Duration
                             }
                             let p = &mut part[i];
                             let stream = t * per + i;
-                            let due = start + frame * n as u32 + frame * i as u32 / len;
+                            let due = start + frame * (n - 1) as u32 + frame * i as u32 / len;
                             let now = Instant::now();
                             if now < due {
                                 std::thread::sleep(due - now);
