@@ -33,7 +33,10 @@ impl ServerMetrics {
     /// Updates one camera's counters.
     pub fn camera(&self, camera: &str, f: impl FnOnce(&mut CameraCounters)) {
         if let Ok(mut m) = self.cameras.lock() {
-            f(m.entry(camera.to_string()).or_default());
+            match m.get_mut(camera) {
+                Some(c) => f(c),
+                None => f(m.entry(camera.to_string()).or_default()),
+            }
         }
     }
 }

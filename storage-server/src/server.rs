@@ -404,33 +404,47 @@ fn apply_publish(
     batch: Vec<proto::PublishRequest>,
     accepted: &mut u64,
 ) -> Result<(), Status> {
+    // Counted per batch: the metrics map is one lock shared by every camera.
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    let counted = |frames: u64, bytes: u64, refused: u64| {
+        server.metrics.camera(camera, |c| {
+            c.frames += frames;
+            c.bytes += bytes;
+            c.refused += refused;
+        })
+    };
     for msg in batch {
         match msg.msg {
             Some(proto::publish_request::Msg::Frame(f)) => {
                 match writer.append(FrameIn { ts_us: f.ts_us, pts_90k: f.pts_90k, key: f.key, payload: &f.payload }) {
                     Ok(seq) => {
                         *accepted = seq;
-                        server.metrics.camera(camera, |c| {
-                            c.frames += 1;
-                            c.bytes += f.payload.len() as u64;
-                        });
+                        frames += 1;
+                        bytes += f.payload.len() as u64;
                     }
                     Err(e) => {
-                        server.metrics.camera(camera, |c| c.refused += 1);
+                        counted(frames, bytes, 1);
                         return Err(status(e));
                     }
                 }
             }
             Some(proto::publish_request::Msg::CodecChange(c)) => {
-                let codec = codec_from(c.codec)?;
-                h26x::sample_description(codec, &c.config).map_err(|e| Status::invalid_argument(format!("codec change: {e}")))?;
-                writer.set_codec_config(codec, &c.config).map_err(status)?;
+                let changed = codec_from(c.codec).and_then(|codec| {
+                    h26x::sample_description(codec, &c.config).map_err(|e| Status::invalid_argument(format!("codec change: {e}")))?;
+                    writer.set_codec_config(codec, &c.config).map_err(status)
+                });
+                if let Err(e) = changed {
+                    counted(frames, bytes, 0);
+                    return Err(e);
+                }
             }
             Some(proto::publish_request::Msg::Open(_)) | None => {
+                counted(frames, bytes, 0);
                 return Err(Status::invalid_argument("a stream is opened once; send frames"));
             }
         }
     }
+    counted(frames, bytes, 0);
     Ok(())
 }
 
