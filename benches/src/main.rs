@@ -18,8 +18,28 @@ use camvault_benches::{
     noise, run_engine, run_lookup, run_raw, run_recovery, run_rotation, run_sequential, run_sweep, Policy, Profile, Scenario,
 };
 
+const USAGE: &str = "usage: camvault-bench [options]
+  --streams 1,64,1000     stream counts to run (default 1,64,1000; smoke 1,8)
+  --seconds N             seconds of video per stream (default 10; smoke 2)
+  --4k                    16 Mbit/s, 2 s GOP streams instead of 4 Mbit/s, 1 s GOP
+  --flush interval|gop|os group commit every 1 s (default), fsync per GOP, or OS write-back only
+  --no-grpc               skip the through-the-server runs (they start `camvault serve` from
+                          beside this binary, or CAMVAULT_BIN)
+  --no-extras             only the ingest tables (no ramp, export, erasure, index, recovery)
+  --ramp 250,500,...      paced stream counts for the ramp (stops at the first step past the bound)
+  --export-seconds N      length of the exported clip (default 3600; needs ffmpeg)
+  --warm                  export with a warm page cache (default: dropped before each read, as root)
+  --keys N                live data keys for the rotation figure (default 1000000)
+  --erase-segments N      segments for the sweep figure (default 10000)
+  --dir DIR               where to write (default: the temporary directory)
+  --smoke                 seconds-long run that checks everything still works (CI)";
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return;
+    }
     let smoke = args.iter().any(|a| a == "--smoke");
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let base = arg("--dir").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("camvault-bench"));
