@@ -568,8 +568,9 @@ pub fn run_lookup(dir: &Path, cameras: usize, days: u64, lookups: usize) -> stor
     Ok((open, p(0.50), p(0.99)))
 }
 
-/// Open time of a store left by a crash with `streams` open streams of `seconds` of video each
-/// (flushed, then abandoned without closing), and of a clean reopen of the same store.
+/// Open time of a store left by a crash with `streams` open streams (cameras `live-*`) of
+/// `seconds` of video each (flushed, then abandoned without closing), and of a clean reopen of
+/// the same store. `dir` may already hold a store (the lookup figure's catalog).
 pub fn run_recovery(dir: &Path, streams: usize, seconds: u32, payload: &[u8]) -> storage_core::Result<(Duration, Duration)> {
     let profile = Profile::HD_4MBIT;
     let mut cfg = StoreConfig::new(dir);
@@ -579,7 +580,7 @@ pub fn run_recovery(dir: &Path, streams: usize, seconds: u32, payload: &[u8]) ->
         let store = Store::open(cfg.clone())?;
         let mut ws = Vec::with_capacity(streams);
         for i in 0..streams {
-            ws.push(store.open_stream(&format!("cam-{i:05}"), Codec::H264, b"sps-pps")?);
+            ws.push(store.open_stream(&format!("live-{i:05}"), Codec::H264, b"sps-pps")?);
         }
         let t0: i64 = 1_767_225_600_000_000;
         for n in 0..u64::from(seconds) * u64::from(profile.fps) {
