@@ -158,23 +158,22 @@ async fn setup(url: &str, admin: &str, cameras: &[String]) -> Result<String, Str
     Ok(t.into_inner().token)
 }
 
-/// Publishes `frames` (capture time, key, payload) on one stream as fast as the server takes
-/// them; returns the final durable sequence number.
+/// Publishes `frames` (capture time, presentation time in 90 kHz, key, payload) on one H.264
+/// stream with parameter sets `config`, as fast as the server takes them; returns the final
+/// durable sequence number.
 async fn publish(
     ch: Channel,
     token: String,
     camera: String,
-    frames: impl Iterator<Item = (i64, bool, Bytes)> + Send + 'static,
+    config: Vec<u8>,
+    frames: impl Iterator<Item = (i64, i64, bool, Bytes)> + Send + 'static,
 ) -> Result<u64, String> {
     let (tx, rx) = tokio::sync::mpsc::channel(32);
-    let open = proto::OpenStream {
-        camera,
-        codec: Some(proto::CodecConfig { codec: proto::Codec::H264 as i32, config: H264_1080P_CONFIG.to_vec() }),
-    };
+    let open = proto::OpenStream { camera, codec: Some(proto::CodecConfig { codec: proto::Codec::H264 as i32, config }) };
     tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Open(open)) }).await.map_err(|e| e.to_string())?;
     let sender = tokio::spawn(async move {
-        for (n, (ts_us, key, payload)) in frames.enumerate() {
-            let f = proto::Frame { ts_us, pts_90k: Some(n as i64 * 3600), key, payload };
+        for (ts_us, pts_90k, key, payload) in frames {
+            let f = proto::Frame { ts_us, pts_90k: Some(pts_90k), key, payload };
             if tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Frame(f)) }).await.is_err() {
                 return;
             }
@@ -189,6 +188,13 @@ async fn publish(
     }
     let _ = sender.await;
     Ok(durable)
+}
+
+/// Opens a store the server has stopped using, without its retention sweeper.
+fn open_stopped_store(data: &Path) -> Result<storage_core::Store, String> {
+    let mut cfg = storage_core::StoreConfig::new(data);
+    cfg.sweep_interval = None;
+    storage_core::Store::open(cfg).map_err(|e| format!("cannot open the server's store: {e}"))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -228,10 +234,10 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) ->
             let payload = shared.clone();
             let frames = (0..frames_per_stream).map(move |n| {
                 let (size, key) = profile.frame_bytes(n, (i % 25) as u32);
-                (t0 + n as i64 * profile.frame_us(), key, payload.slice(..size))
+                (t0 + n as i64 * profile.frame_us(), n as i64 * 3600, key, payload.slice(..size))
             });
             let ch = channels[i / STREAMS_PER_CONNECTION].clone();
-            tasks.push(tokio::spawn(publish(ch, token.clone(), camera.clone(), frames)));
+            tasks.push(tokio::spawn(publish(ch, token.clone(), camera.clone(), H264_1080P_CONFIG.to_vec(), frames)));
         }
         let mut out = Vec::with_capacity(tasks.len());
         for t in tasks {
@@ -249,9 +255,7 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) ->
     server.stop()?;
     let payload_bytes: u64 =
         (0..sc.streams).map(|i| (0..frames_per_stream).map(|n| sc.profile.frame_bytes(n, (i % 25) as u32).0 as u64).sum::<u64>()).sum();
-    let mut cfg = storage_core::StoreConfig::new(&data);
-    cfg.sweep_interval = None;
-    let store = storage_core::Store::open(cfg).map_err(|e| e.to_string())?;
+    let store = open_stopped_store(&data)?;
     let verified = verify_engine(&store, sc, payload, t0).map_err(|e| e.to_string())?;
     drop(store);
     let run = RunResult {
@@ -358,43 +362,19 @@ pub fn run_export(
     let t0 = camvault_server::now_us() - i64::from(seconds) * 1_000_000 - 60_000_000;
     let clip_owned: Vec<(bool, Bytes)> = clip.iter().map(|(k, au)| (*k, Bytes::copy_from_slice(au))).collect();
     let config = config.to_vec();
-    let durable = rt.block_on(async {
-        let (tx, rx) = tokio::sync::mpsc::channel(32);
-        let open =
-            proto::OpenStream { camera: camera.clone(), codec: Some(proto::CodecConfig { codec: proto::Codec::H264 as i32, config }) };
-        tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Open(open)) }).await.map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            for n in 0..frames {
-                let (key, au) = &clip_owned[(n % clip_owned.len() as u64) as usize];
-                let f = proto::Frame {
-                    ts_us: t0 + n as i64 * frame_us,
-                    pts_90k: Some(n as i64 * 90_000 / i64::from(fps)),
-                    key: *key,
-                    payload: au.clone(),
-                };
-                if tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Frame(f)) }).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let mut client = proto::ingest_client::IngestClient::new(connect(&url).await?)
-            .max_encoding_message_size(camvault_server::server::MESSAGE_BYTES_MAX);
-        let mut acks =
-            client.publish(authed(tokio_stream::wrappers::ReceiverStream::new(rx), &token)?).await.map_err(|e| e.to_string())?.into_inner();
-        let mut durable = 0;
-        while let Some(a) = acks.message().await.map_err(|e| e.to_string())? {
-            durable = a.durable_seq;
-        }
-        Ok::<_, String>(durable)
-    })?;
+    let frames_of_clip = (0..frames).map(move |n| {
+        let (key, au) = &clip_owned[(n % clip_owned.len() as u64) as usize];
+        (t0 + n as i64 * frame_us, n as i64 * 90_000 / i64::from(fps), *key, au.clone())
+    });
+    let durable = rt.block_on(async { publish(connect(&url).await?, token, camera.clone(), config, frames_of_clip).await })?;
     if durable != frames {
         return Err(format!("export clip: {durable} of {frames} frames acknowledged durable"));
     }
     let files = segment_files(&data.join("segments"));
     let segment_bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let to_us = t0 + frames as i64 * frame_us;
-    let drop = || cold && drop_caches();
-    let cold = drop();
+    let drop_if_cold = || cold && drop_caches();
+    let cold = drop_if_cold();
     let start = Instant::now();
     let mp4_bytes = rt.block_on(async {
         let mut c = proto::export_client::ExportClient::new(connect(&url).await?)
@@ -418,7 +398,7 @@ pub fn run_export(
     })?;
     let export = start.elapsed();
     server.stop()?;
-    drop();
+    drop_if_cold();
     let start = Instant::now();
     let mut buf = vec![0u8; 1 << 20];
     for f in &files {
@@ -426,10 +406,8 @@ pub fn run_export(
         while file.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
     }
     let raw_read = start.elapsed();
-    let mut cfg = storage_core::StoreConfig::new(&data);
-    cfg.sweep_interval = None;
-    let store = storage_core::Store::open(cfg).map_err(|e| e.to_string())?;
-    drop();
+    let store = open_stopped_store(&data)?;
+    drop_if_cold();
     let start = Instant::now();
     let mut read_frames = 0u64;
     for item in store.read(&camera, t0, to_us).map_err(|e| e.to_string())? {

@@ -27,7 +27,7 @@ use crate::state::{load, new_secret, save, sha256_hex, CameraInfo, Cameras, Prin
 pub const MESSAGE_BYTES_MAX: usize = storage_core::FRAME_BYTES_MAX + (64 << 10);
 /// A publisher that sends nothing for this long is disconnected.
 pub const PUBLISH_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most publish messages appended per hand-over to a blocking thread.
+/// Most publish messages a call's task appends per wake-up (one batch).
 const PUBLISH_BATCH_MESSAGES: usize = 64;
 
 /// How often a publisher hears the durable sequence number when it advances.
@@ -349,10 +349,11 @@ impl proto::ingest_server::Ingest for Api {
                                     std::task::Poll::Pending => break,
                                 }
                             }
-                            // Segments are created by a stream's first frame and rolled at key frames
-                            // (or after a gap), where an append may wait for fsyncs: such batches move
-                            // to a blocking thread. Other appends encrypt into memory and at most hand
-                            // 256 KiB to the page cache, tens of microseconds, and run in place.
+                            // Segments are created by a stream's first frame and rolled at key frames,
+                            // where an append may wait for fsyncs: such batches move to a blocking
+                            // thread. Other appends encrypt into memory and at most hand 256 KiB to
+                            // the page cache, tens of microseconds, and run in place (a roll after a
+                            // gap or at the size cap on a predicted frame is rare and runs in place).
                             let may_block = accepted == 0
                                 || batch.iter().any(|m| !matches!(&m.msg, Some(proto::publish_request::Msg::Frame(f)) if !f.key));
                             if may_block {

@@ -428,7 +428,6 @@ impl Drop for Store {
     }
 }
 
-/// Runs `work` every `period` on a named thread until the store shuts down or is dropped.
 /// How a periodic thread spaces its rounds.
 #[derive(Debug, Clone, Copy)]
 enum Cadence {
@@ -442,6 +441,8 @@ enum Cadence {
     Deadline,
 }
 
+/// Runs `work` on a named thread, spaced by `period` as `cadence` says, until the store shuts
+/// down or is dropped.
 fn spawn_periodic(
     inner: &Arc<Inner>,
     name: &str,
