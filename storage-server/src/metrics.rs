@@ -84,17 +84,45 @@ fn render(m: &ServerMetrics, store: &storage_core::Store) -> String {
     out
 }
 
+/// Most a request head may take; scrapers send a few hundred bytes.
+const REQUEST_HEAD_MAX_BYTES: usize = 4096;
+/// How long a client may take to send its request head.
+const REQUEST_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads until the blank line that ends an HTTP request head. A request may arrive in
+/// several TCP segments (a client that writes piecewise): answering after the first one
+/// would judge a partial request line and close on a client still writing. `None` on
+/// EOF, error, timeout, or a head longer than the limit.
+async fn read_request_head<S: tokio::io::AsyncRead + Unpin>(sock: &mut S) -> Option<Vec<u8>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let read = async {
+        loop {
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Some(());
+            }
+            if head.len() >= REQUEST_HEAD_MAX_BYTES {
+                return None;
+            }
+            let n = sock.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read).await.ok().flatten().map(|()| head)
+}
+
 /// Serves `/metrics` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, m: Arc<ServerMetrics>, store: Arc<storage_core::Store>) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else { continue };
         let (m, store) = (m.clone(), store.clone());
         tokio::spawn(async move {
-            // Requests are tiny; 4 KiB bounds what a client can make us read.
-            let mut buf = [0u8; 4096];
-            let n = sock.read(&mut buf).await.unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let resp = if req.starts_with("GET /metrics") {
+            let Some(head) = read_request_head(&mut sock).await else { return };
+            let req = String::from_utf8_lossy(&head);
+            let resp = if req.starts_with("GET /metrics ") || req.starts_with("GET /metrics?") {
                 let body = render(&m, &store);
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -105,5 +133,37 @@ pub async fn serve(listener: tokio::net::TcpListener, m: Arc<ServerMetrics>, sto
             };
             let _ = sock.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_request_head_split_across_writes_is_read_whole() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            for piece in ["GET ", "/metrics", " HTTP/1.1\r\nHost: x\r\n", "\r\n"] {
+                client.write_all(piece.as_bytes()).await.expect("write");
+                tokio::task::yield_now().await;
+            }
+            client
+        });
+        let head = read_request_head(&mut server).await.expect("head");
+        assert_eq!(head, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        drop(writer.await.expect("writer"));
+    }
+
+    #[tokio::test]
+    async fn a_head_without_end_is_refused_at_the_limit_or_on_eof() {
+        let (mut client, mut server) = tokio::io::duplex(8192);
+        client.write_all(&[b'a'; REQUEST_HEAD_MAX_BYTES + 10]).await.expect("write");
+        assert!(read_request_head(&mut server).await.is_none());
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"GET /metrics HTTP/1.1\r\n").await.expect("write");
+        drop(client);
+        assert!(read_request_head(&mut server).await.is_none());
     }
 }

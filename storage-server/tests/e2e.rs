@@ -302,7 +302,11 @@ fn authorisation_matrix_and_audit_of_every_read() {
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("write");
+    // Written in pieces on purpose: the server must wait for the whole request head.
+    for piece in ["GET ", path, " HTTP/1.1\r\nHost: localhost\r\n", "\r\n"] {
+        s.write_all(piece.as_bytes()).expect("write");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
     out
