@@ -15,6 +15,11 @@ use crate::{cpu_seconds, dir_bytes, rss_bytes, verify_engine, RunResult, Scenari
 
 /// Streams per HTTP/2 connection: the server admits 256 concurrent calls per connection.
 const STREAMS_PER_CONNECTION: usize = 128;
+/// Payload bytes per `Frames` message in the batched gRPC ingest runs: about half a second of
+/// 4 Mbit/s video, what a gateway forwarding a backlog would send at once.
+pub const BACKLOG_BATCH_BYTES: usize = 256 << 10;
+/// Payload bytes per `Frames` message when loading the export clip (setup, not timed).
+const UPLOAD_BATCH_BYTES: usize = 1 << 20;
 
 /// Parameter sets (Annex B SPS + PPS) of a 1920x1080 Constrained Baseline x264 stream: the
 /// server parses them at OpenStream, as export depends on them.
@@ -167,16 +172,34 @@ async fn publish(
     camera: String,
     config: Vec<u8>,
     frames: impl Iterator<Item = (i64, i64, bool, Bytes)> + Send + 'static,
+    batch_bytes: usize,
 ) -> Result<u64, String> {
     let (tx, rx) = tokio::sync::mpsc::channel(32);
     let open = proto::OpenStream { camera, codec: Some(proto::CodecConfig { codec: proto::Codec::H264 as i32, config }) };
     tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Open(open)) }).await.map_err(|e| e.to_string())?;
     let sender = tokio::spawn(async move {
+        use proto::publish_request::Msg;
+        let mut batch = Vec::new();
+        let mut bytes = 0;
         for (ts_us, pts_90k, key, payload) in frames {
             let f = proto::Frame { ts_us, pts_90k: Some(pts_90k), key, payload };
-            if tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Frame(f)) }).await.is_err() {
+            let msg = if batch_bytes == 0 {
+                Msg::Frame(f)
+            } else {
+                bytes += f.payload.len();
+                batch.push(f);
+                if bytes < batch_bytes && batch.len() < camvault_server::server::PUBLISH_FRAMES_PER_MESSAGE_MAX {
+                    continue;
+                }
+                bytes = 0;
+                Msg::Frames(proto::Frames { frames: std::mem::take(&mut batch) })
+            };
+            if tx.send(proto::PublishRequest { msg: Some(msg) }).await.is_err() {
                 return;
             }
+        }
+        if !batch.is_empty() {
+            let _ = tx.send(proto::PublishRequest { msg: Some(Msg::Frames(proto::Frames { frames: batch })) }).await;
         }
     });
     let mut client = proto::ingest_client::IngestClient::new(ch).max_encoding_message_size(camvault_server::server::MESSAGE_BYTES_MAX);
@@ -205,8 +228,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// stops when every stream's final acknowledgement says all its frames are sealed and durable;
 /// then the server is stopped and every frame is read back from its store.
 ///
+/// `batch_bytes` 0 sends one frame per message, as a live camera does; otherwise each stream
+/// sends `Frames` messages of about that many payload bytes, as a client with a backlog does.
+///
 /// Returns the run (CPU of both processes) and the server process's CPU seconds alone.
-pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) -> Result<(RunResult, f64), String> {
+pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8], batch_bytes: usize) -> Result<(RunResult, f64), String> {
     let data = dir.join("data");
     let server = ServerProcess::start(bin, &data)?;
     let cameras: Vec<String> = (0..sc.streams).map(|i| format!("cam-{i:05}")).collect();
@@ -237,7 +263,7 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) ->
                 (t0 + n as i64 * profile.frame_us(), n as i64 * 3600, key, payload.slice(..size))
             });
             let ch = channels[i / STREAMS_PER_CONNECTION].clone();
-            tasks.push(tokio::spawn(publish(ch, token.clone(), camera.clone(), H264_1080P_CONFIG.to_vec(), frames)));
+            tasks.push(tokio::spawn(publish(ch, token.clone(), camera.clone(), H264_1080P_CONFIG.to_vec(), frames, batch_bytes)));
         }
         let mut out = Vec::with_capacity(tasks.len());
         for t in tasks {
@@ -366,7 +392,8 @@ pub fn run_export(
         let (key, au) = &clip_owned[(n % clip_owned.len() as u64) as usize];
         (t0 + n as i64 * frame_us, n as i64 * 90_000 / i64::from(fps), *key, au.clone())
     });
-    let durable = rt.block_on(async { publish(connect(&url).await?, token, camera.clone(), config, frames_of_clip).await })?;
+    let durable =
+        rt.block_on(async { publish(connect(&url).await?, token, camera.clone(), config, frames_of_clip, UPLOAD_BATCH_BYTES).await })?;
     if durable != frames {
         return Err(format!("export clip: {durable} of {frames} frames acknowledged durable"));
     }

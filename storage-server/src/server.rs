@@ -29,6 +29,8 @@ pub const MESSAGE_BYTES_MAX: usize = storage_core::FRAME_BYTES_MAX + (64 << 10);
 pub const PUBLISH_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most publish messages a call's task appends per wake-up (one batch).
 const PUBLISH_BATCH_MESSAGES: usize = 64;
+/// Most frames one `Frames` publish message may carry.
+pub const PUBLISH_FRAMES_PER_MESSAGE_MAX: usize = 1024;
 
 /// How often a publisher hears the durable sequence number when it advances.
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
@@ -354,8 +356,7 @@ impl proto::ingest_server::Ingest for Api {
                             // thread. Other appends encrypt into memory and at most hand 256 KiB to
                             // the page cache, tens of microseconds, and run in place (a roll after a
                             // gap or at the size cap on a predicted frame is rare and runs in place).
-                            let may_block = accepted == 0
-                                || batch.iter().any(|m| !matches!(&m.msg, Some(proto::publish_request::Msg::Frame(f)) if !f.key));
+                            let may_block = accepted == 0 || batch.iter().any(may_roll);
                             if may_block {
                                 tokio::task::block_in_place(|| apply_publish(&server, &camera, &mut writer, batch, &mut accepted))?;
                             } else {
@@ -396,6 +397,17 @@ impl proto::ingest_server::Ingest for Api {
     }
 }
 
+/// Whether appending `m` may create or roll a segment (and so wait for fsyncs): anything but
+/// predicted frames.
+fn may_roll(m: &proto::PublishRequest) -> bool {
+    use proto::publish_request::Msg;
+    match &m.msg {
+        Some(Msg::Frame(f)) => f.key,
+        Some(Msg::Frames(fs)) => fs.frames.iter().any(|f| f.key),
+        _ => true,
+    }
+}
+
 /// Appends a batch of publish messages in order; a refused frame or a bad message ends the
 /// stream with a clear status (everything accepted before it is kept and sealed).
 fn apply_publish(
@@ -414,19 +426,29 @@ fn apply_publish(
             c.refused += refused;
         })
     };
+    let append = |writer: &mut storage_core::StreamWriter, f: &proto::Frame, frames: &mut u64, bytes: &mut u64, accepted: &mut u64| {
+        let seq = writer.append(FrameIn { ts_us: f.ts_us, pts_90k: f.pts_90k, key: f.key, payload: &f.payload }).map_err(|e| {
+            counted(*frames, *bytes, 1);
+            status(e)
+        })?;
+        *accepted = seq;
+        *frames += 1;
+        *bytes += f.payload.len() as u64;
+        Ok::<(), Status>(())
+    };
     for msg in batch {
         match msg.msg {
-            Some(proto::publish_request::Msg::Frame(f)) => {
-                match writer.append(FrameIn { ts_us: f.ts_us, pts_90k: f.pts_90k, key: f.key, payload: &f.payload }) {
-                    Ok(seq) => {
-                        *accepted = seq;
-                        frames += 1;
-                        bytes += f.payload.len() as u64;
-                    }
-                    Err(e) => {
-                        counted(frames, bytes, 1);
-                        return Err(status(e));
-                    }
+            Some(proto::publish_request::Msg::Frame(f)) => append(writer, &f, &mut frames, &mut bytes, accepted)?,
+            Some(proto::publish_request::Msg::Frames(fs)) => {
+                if fs.frames.len() > PUBLISH_FRAMES_PER_MESSAGE_MAX {
+                    counted(frames, bytes, 0);
+                    return Err(Status::invalid_argument(format!(
+                        "a Frames message carries at most {PUBLISH_FRAMES_PER_MESSAGE_MAX} frames, this one {}",
+                        fs.frames.len()
+                    )));
+                }
+                for f in &fs.frames {
+                    append(writer, f, &mut frames, &mut bytes, accepted)?;
                 }
             }
             Some(proto::publish_request::Msg::CodecChange(c)) => {
