@@ -265,3 +265,43 @@ fn streams_starting_together_share_creation_commits_and_all_read_back() {
     let store = open_mem(&image, test_config()).expect("reopen");
     assert_eq!(all_frames(&store, "burst-07").len(), 60);
 }
+
+/// `append_may_wait` (the gRPC server moves only those appends off its workers) is true exactly
+/// for the appends that create or seal a segment, or fsync per key frame: rolls by duration at
+/// key frames, by a gap, by the size cap.
+#[test]
+fn append_may_wait_is_true_exactly_for_the_appends_that_touch_the_disk() {
+    use std::sync::atomic::Ordering::Relaxed;
+    for per_key_frame in [false, true] {
+        let vfs = MemVfs::new();
+        let mut cfg = test_config();
+        cfg.segment_bytes_max = storage_core::SEGMENT_BYTES_MIN;
+        if per_key_frame {
+            cfg.flush = storage_core::FlushPolicy::EveryKeyFrame;
+        }
+        let store = open_mem(&vfs, cfg).expect("open");
+        let mut w = store.open_stream("cam", Codec::H264, b"sps-pps").expect("open stream");
+        let disk_steps = || store.metrics().segments_created.load(Relaxed) + store.metrics().segments_sealed.load(Relaxed);
+        let (mut ts, mut waited) = (T0_US, 0);
+        for n in 0..400u64 {
+            let key = n % 25 == 0;
+            // A 6 s gap (over the 5 s gap limit) at frame 210, between two key frames.
+            if n == 210 {
+                ts += 6_000_000;
+            }
+            // Five 15 MiB predicted frames from 301: the 64 MiB size cap rolls on the fifth.
+            let p = if (301..306).contains(&n) { vec![n as u8; 15 << 20] } else { payload("cam", n, key) };
+            let may_wait = w.append_may_wait(ts, key, p.len());
+            let before = disk_steps();
+            w.append(FrameIn { ts_us: ts, pts_90k: None, key, payload: &p }).expect("append");
+            let touched = disk_steps() != before || (per_key_frame && key);
+            assert_eq!(may_wait, touched, "frame {n} (key {key}, per key frame fsync {per_key_frame})");
+            waited += u64::from(may_wait);
+            ts += FRAME_US;
+        }
+        // Creation, rolls every 2 s at key frames, the gap and the size cap: several of each.
+        assert!(waited >= 8, "{waited}");
+        assert!(waited < 400 / 2, "{waited}");
+        w.close().expect("close");
+    }
+}

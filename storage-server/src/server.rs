@@ -332,8 +332,8 @@ impl proto::ingest_server::Ingest for Api {
                                 Ok(Some(Err(e))) => return Err(e),
                                 Ok(Some(Ok(m))) => m,
                             };
-                            // Take what else has already arrived, so that one hand-over to a
-                            // blocking thread appends a batch instead of a single frame.
+                            // Take what else has already arrived: the metrics lock, the ack
+                            // check and the select are paid once per batch, not per message.
                             let mut batch = vec![msg];
                             let mut ended = None;
                             while batch.len() < PUBLISH_BATCH_MESSAGES {
@@ -351,17 +351,7 @@ impl proto::ingest_server::Ingest for Api {
                                     std::task::Poll::Pending => break,
                                 }
                             }
-                            // Segments are created by a stream's first frame and rolled at key frames,
-                            // where an append may wait for fsyncs: such batches move to a blocking
-                            // thread. Other appends encrypt into memory and at most hand 256 KiB to
-                            // the page cache, tens of microseconds, and run in place (a roll after a
-                            // gap or at the size cap on a predicted frame is rare and runs in place).
-                            let may_block = accepted == 0 || batch.iter().any(may_roll);
-                            if may_block {
-                                tokio::task::block_in_place(|| apply_publish(&server, &camera, &mut writer, batch, &mut accepted))?;
-                            } else {
-                                apply_publish(&server, &camera, &mut writer, batch, &mut accepted)?;
-                            }
+                            apply_publish(&server, &camera, &mut writer, batch, &mut accepted)?;
                             if let Some(end) = ended {
                                 return end;
                             }
@@ -397,19 +387,14 @@ impl proto::ingest_server::Ingest for Api {
     }
 }
 
-/// Whether appending `m` may create or roll a segment (and so wait for fsyncs): anything but
-/// predicted frames.
-fn may_roll(m: &proto::PublishRequest) -> bool {
-    use proto::publish_request::Msg;
-    match &m.msg {
-        Some(Msg::Frame(f)) => f.key,
-        Some(Msg::Frames(fs)) => fs.frames.iter().any(|f| f.key),
-        _ => true,
-    }
-}
-
 /// Appends a batch of publish messages in order; a refused frame or a bad message ends the
 /// stream with a clear status (everything accepted before it is kept and sealed).
+///
+/// Runs on a runtime worker. Most appends encrypt into memory and at most hand one 256 KiB
+/// buffer to the page cache (tens of microseconds); the few that may wait for fsyncs (a
+/// segment created or sealed, a per-key-frame fsync) run under `block_in_place`, so that
+/// other calls keep their worker. Handing every frame to a blocking thread cost more CPU in
+/// thread hand-offs than the appends themselves (BENCHMARKS.md).
 fn apply_publish(
     server: &Server,
     camera: &str,
@@ -427,7 +412,13 @@ fn apply_publish(
         })
     };
     let append = |writer: &mut storage_core::StreamWriter, f: &proto::Frame, frames: &mut u64, bytes: &mut u64, accepted: &mut u64| {
-        let seq = writer.append(FrameIn { ts_us: f.ts_us, pts_90k: f.pts_90k, key: f.key, payload: &f.payload }).map_err(|e| {
+        let frame = FrameIn { ts_us: f.ts_us, pts_90k: f.pts_90k, key: f.key, payload: &f.payload };
+        let appended = if writer.append_may_wait(f.ts_us, f.key, f.payload.len()) {
+            tokio::task::block_in_place(|| writer.append(frame))
+        } else {
+            writer.append(frame)
+        };
+        let seq = appended.map_err(|e| {
             counted(*frames, *bytes, 1);
             status(e)
         })?;

@@ -9,7 +9,7 @@ use crate::segment::format::{SegmentHeader, CODEC_CONFIG_BYTES_MAX, FRAME_BYTES_
 use crate::segment::writer::SegmentWriter;
 use crate::store::index::{EntryState, IndexEntry};
 use crate::store::Inner;
-use crate::{Codec, Error, FlushPolicy, Result};
+use crate::{Codec, Error, FlushPolicy, Result, StoreConfig};
 
 /// A frame to append.
 #[derive(Debug, Clone, Copy)]
@@ -179,6 +179,18 @@ impl StreamShared {
     }
 }
 
+/// Whether a frame must go to a new segment: a gap, the duration (at a key frame), the size
+/// cap, or the record limits of the open one.
+fn rolls(st: &StreamState, cfg: &StoreConfig, ts_us: i64, key: bool, payload_bytes: usize) -> bool {
+    st.seg.as_ref().is_some_and(|s| {
+        let first = s.first_ts.unwrap_or(ts_us);
+        let gap = s.last_ts.is_some_and(|l| ts_us - l > cfg.gap_us);
+        let long = key && ts_us - first >= cfg.segment_duration_us;
+        let big = s.frames > 0 && s.len() + payload_bytes as u64 + 64 > cfg.segment_bytes_max;
+        gap || long || big || s.is_full()
+    })
+}
+
 fn poison(st: &mut StreamState, e: &Error) {
     if e.is_no_space() {
         // A full disk refuses writes loudly but poisons nothing: no fsync failed, and the
@@ -236,15 +248,7 @@ impl StreamWriter {
             }
         }
         let cfg = &inner.config;
-        // Roll first: a gap, the duration (at a key frame), the size cap, or the record limits.
-        let roll = st.seg.as_ref().is_some_and(|s| {
-            let first = s.first_ts.unwrap_or(frame.ts_us);
-            let gap = s.last_ts.is_some_and(|l| frame.ts_us - l > cfg.gap_us);
-            let long = frame.key && frame.ts_us - first >= cfg.segment_duration_us;
-            let big = s.frames > 0 && s.len() + frame.payload.len() as u64 + 64 > cfg.segment_bytes_max;
-            gap || long || big || s.is_full()
-        });
-        if roll {
+        if rolls(&st, cfg, frame.ts_us, frame.key, frame.payload.len()) {
             self.shared.seal_current(&inner, &mut st).inspect_err(|e| poison(&mut st, e))?;
         }
         let own = st.seg.as_ref().filter(|s| s.frames > 0).map(|s| s.id);
@@ -325,6 +329,17 @@ impl StreamWriter {
             self.shared.sync(&inner)?;
         }
         Ok(seq)
+    }
+
+    /// Whether appending this frame now may wait for the disk: it would create a segment, seal
+    /// the current one (a gap, the duration reached at a key frame, the size or record limits),
+    /// or fsync (per-key-frame policy). Otherwise [`StreamWriter::append`] encrypts into memory
+    /// and at most writes one buffer to the page cache. For callers on an async runtime, which
+    /// must move only the appends that may wait off their worker threads.
+    pub fn append_may_wait(&self, ts_us: i64, key: bool, payload_bytes: usize) -> bool {
+        let Ok(st) = lock(&self.shared.state) else { return true };
+        let cfg = &self.inner.config;
+        st.seg.is_none() || rolls(&st, cfg, ts_us, key, payload_bytes) || (cfg.flush == FlushPolicy::EveryKeyFrame && key)
     }
 
     /// Highest sequence number known durable.
