@@ -242,6 +242,8 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8], ba
     // Recent capture times: the server's retention sweep would erase video older than 30 days.
     let t0 = camvault_server::now_us() - i64::from(sc.seconds) * 1_000_000 - 60_000_000;
     let token = rt.block_on(setup(&url, &server.admin, &cameras))?;
+    // The page cache is the kernel's: warm pages freed here serve the server's writes too.
+    crate::warm_guest_memory(sc.nominal_bytes());
     let rss0 = rss_bytes();
     let server_cpu0 = server.cpu_seconds();
     let cpu0 = cpu_seconds() + server_cpu0;

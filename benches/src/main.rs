@@ -65,6 +65,13 @@ fn main() {
         profile.fps,
         profile.gop_frames
     );
+    let reporting0 = camvault_benches::host_reporting();
+    if let Some(r) = reporting0 {
+        println!(
+            "host free page reporting: min_free_ms {}, max_waiting_mib {}: freed memory goes back to the host and page-cache writes into it pay host faults (BENCHMARKS.md, \"Machine\")",
+            r.min_free_ms, r.max_waiting_mib
+        );
+    }
     println!(
         "| streams | raw MB/s | engine MB/s | engine/raw | fjall MB/s | engine/fjall | sequential MB/s | engine/seq | write amp engine (fjall) | RSS/stream KiB | CPU s/GB engine (fjall) | frames verified engine, fjall | first frames (segment creation) s |"
     );
@@ -158,6 +165,7 @@ fn main() {
         Ok(_) => {}
         Err(e) => println!("\n(through-the-server figures skipped: {e})"),
     }
+    print_host_reported(reporting0);
     if failed {
         std::process::exit(1);
     }
@@ -178,6 +186,14 @@ fn main() {
     ramp(&base, profile, &steps, if smoke { 2 } else { 10 }, &payload);
     erase_costs(&base, smoke, &arg("--keys"), &arg("--erase-segments"));
     index_and_recovery(&base, smoke, &payload);
+    print_host_reported(reporting0);
+}
+
+/// Memory the guest gave back to the host since `since` (none: figures undistorted by it).
+fn print_host_reported(since: Option<camvault_benches::HostReporting>) {
+    if let (Some(a), Some(b)) = (since, camvault_benches::host_reporting()) {
+        println!("\nmemory reported to the host so far in this run: {} MiB", b.reported_kib.saturating_sub(a.reported_kib) >> 10);
+    }
 }
 
 /// Paced streams, stepped up until durable acknowledgements or frame delivery fall behind.
