@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +19,8 @@ const STREAMS_PER_CONNECTION: usize = 128;
 /// Payload bytes per `Frames` message in the batched gRPC ingest runs: about half a second of
 /// 4 Mbit/s video, what a gateway forwarding a backlog would send at once.
 pub const BACKLOG_BATCH_BYTES: usize = 256 << 10;
+/// Longest wait for every stream's first frame to be durable before the clock starts.
+const PRIMING_TIMEOUT: Duration = Duration::from_secs(120);
 /// Payload bytes per `Frames` message when loading the export clip (setup, not timed).
 const UPLOAD_BATCH_BYTES: usize = 1 << 20;
 
@@ -173,44 +176,67 @@ async fn publish(
     config: Vec<u8>,
     frames: impl Iterator<Item = (i64, i64, bool, Bytes)> + Send + 'static,
     batch_bytes: usize,
+    gate: Option<Gate>,
 ) -> Result<u64, String> {
-    let (tx, rx) = tokio::sync::mpsc::channel(32);
+    use proto::publish_request::Msg;
     let open = proto::OpenStream { camera, codec: Some(proto::CodecConfig { codec: proto::Codec::H264 as i32, config }) };
-    tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Open(open)) }).await.map_err(|e| e.to_string())?;
-    let sender = tokio::spawn(async move {
-        use proto::publish_request::Msg;
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for (ts_us, pts_90k, key, payload) in frames {
-            let f = proto::Frame { ts_us, pts_90k: Some(pts_90k), key, payload };
-            let msg = if batch_bytes == 0 {
-                Msg::Frame(f)
-            } else {
-                bytes += f.payload.len();
-                batch.push(f);
-                if bytes < batch_bytes && batch.len() < camvault_server::server::PUBLISH_FRAMES_PER_MESSAGE_MAX {
-                    continue;
-                }
-                bytes = 0;
-                Msg::Frames(proto::Frames { frames: std::mem::take(&mut batch) })
-            };
-            if tx.send(proto::PublishRequest { msg: Some(msg) }).await.is_err() {
-                return;
-            }
+    let mut frames = frames.map(|(ts_us, pts_90k, key, payload)| proto::Frame { ts_us, pts_90k: Some(pts_90k), key, payload });
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let request = |m| proto::PublishRequest { msg: Some(m) };
+    tx.send(request(Msg::Open(open))).await.map_err(|e| e.to_string())?;
+    if gate.is_some() {
+        if let Some(first) = frames.next() {
+            tx.send(request(Msg::Frame(first))).await.map_err(|e| e.to_string())?;
         }
-        if !batch.is_empty() {
-            let _ = tx.send(proto::PublishRequest { msg: Some(Msg::Frames(proto::Frames { frames: batch })) }).await;
-        }
-    });
+    }
     let mut client = proto::ingest_client::IngestClient::new(ch).max_encoding_message_size(camvault_server::server::MESSAGE_BYTES_MAX);
     let mut acks =
         client.publish(authed(tokio_stream::wrappers::ReceiverStream::new(rx), &token)?).await.map_err(|e| e.to_string())?.into_inner();
     let mut durable = 0;
+    if let Some(gate) = gate {
+        // The first frame created the stream's segment (data key wrapped and stored, catalog
+        // entry): once it is durable, the stream is set up, as the engine's are before its clock.
+        while durable < 1 {
+            durable =
+                acks.message().await.map_err(|e| e.to_string())?.ok_or("the server ended the stream before its first ack")?.durable_seq;
+        }
+        gate.primed.wait().await;
+        let mut go = gate.go;
+        go.wait_for(|&go| go).await.map_err(|e| e.to_string())?;
+    }
+    let sender = tokio::spawn(async move {
+        loop {
+            let msg = if batch_bytes == 0 {
+                frames.next().map(Msg::Frame)
+            } else {
+                let mut batch = Vec::new();
+                let mut bytes = 0;
+                while bytes < batch_bytes && batch.len() < camvault_server::server::PUBLISH_FRAMES_PER_MESSAGE_MAX {
+                    let Some(f) = frames.next() else { break };
+                    bytes += f.payload.len();
+                    batch.push(f);
+                }
+                (!batch.is_empty()).then(|| Msg::Frames(proto::Frames { frames: batch }))
+            };
+            let Some(msg) = msg else { return };
+            if tx.send(request(msg)).await.is_err() {
+                return;
+            }
+        }
+    });
     while let Some(a) = acks.message().await.map_err(|e| e.to_string())? {
         durable = a.durable_seq;
     }
     let _ = sender.await;
     Ok(durable)
+}
+
+/// Holds every stream after its set-up until the clock starts.
+struct Gate {
+    /// Every stream and the clock's owner wait here once the stream's first frame is durable.
+    primed: Arc<tokio::sync::Barrier>,
+    /// Turns true when the clock has started.
+    go: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Opens a store the server has stopped using, without its retention sweeper.
@@ -242,13 +268,9 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8], ba
     // Recent capture times: the server's retention sweep would erase video older than 30 days.
     let t0 = camvault_server::now_us() - i64::from(sc.seconds) * 1_000_000 - 60_000_000;
     let token = rt.block_on(setup(&url, &server.admin, &cameras))?;
-    // The page cache is the kernel's: warm pages freed here serve the server's writes too.
-    crate::warm_guest_memory(sc.nominal_bytes());
-    let rss0 = rss_bytes();
-    let server_cpu0 = server.cpu_seconds();
-    let cpu0 = cpu_seconds() + server_cpu0;
-    let start = Instant::now();
-    let durable: Vec<u64> = rt.block_on(async {
+    let primed = Arc::new(tokio::sync::Barrier::new(sc.streams + 1));
+    let (go, go_rx) = tokio::sync::watch::channel(false);
+    let (durable, start, rss0, server_cpu0, cpu0) = rt.block_on(async {
         let mut channels = Vec::new();
         for _ in 0..sc.streams.div_ceil(STREAMS_PER_CONNECTION) {
             channels.push(connect(&url).await?);
@@ -265,13 +287,35 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8], ba
                 (t0 + n as i64 * profile.frame_us(), n as i64 * 3600, key, payload.slice(..size))
             });
             let ch = channels[i / STREAMS_PER_CONNECTION].clone();
-            tasks.push(tokio::spawn(publish(ch, token.clone(), camera.clone(), H264_1080P_CONFIG.to_vec(), frames, batch_bytes)));
+            let gate = Gate { primed: primed.clone(), go: go_rx.clone() };
+            tasks.push(tokio::spawn(publish(
+                ch,
+                token.clone(),
+                camera.clone(),
+                H264_1080P_CONFIG.to_vec(),
+                frames,
+                batch_bytes,
+                Some(gate),
+            )));
         }
+        // Every stream's first frame is durable (its segment exists): the clock starts here, as
+        // the engine's does after its streams' first frames.
+        // A stream that failed before its first ack never arrives: bounded, not a hang.
+        tokio::time::timeout(PRIMING_TIMEOUT, primed.wait())
+            .await
+            .map_err(|_| format!("not every stream was set up within {} s (a publish call failed?)", PRIMING_TIMEOUT.as_secs()))?;
+        // The page cache is the kernel's: warm pages freed here serve the server's writes too.
+        crate::warm_guest_memory(sc.nominal_bytes());
+        let rss0 = rss_bytes();
+        let server_cpu0 = server.cpu_seconds();
+        let cpu0 = cpu_seconds() + server_cpu0;
+        let start = Instant::now();
+        go.send(true).map_err(|e| e.to_string())?;
         let mut out = Vec::with_capacity(tasks.len());
         for t in tasks {
             out.push(t.await.map_err(|e| e.to_string())??);
         }
-        Ok::<_, String>(out)
+        Ok::<_, String>((out, start, rss0, server_cpu0, cpu0))
     })?;
     let elapsed = start.elapsed();
     let server_cpu = server.cpu_seconds() - server_cpu0;
@@ -281,8 +325,9 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8], ba
         return Err(format!("stream {i}: {d} of {frames_per_stream} frames acknowledged durable"));
     }
     server.stop()?;
+    // The first frames went before the clock.
     let payload_bytes: u64 =
-        (0..sc.streams).map(|i| (0..frames_per_stream).map(|n| sc.profile.frame_bytes(n, (i % 25) as u32).0 as u64).sum::<u64>()).sum();
+        (0..sc.streams).map(|i| (1..frames_per_stream).map(|n| sc.profile.frame_bytes(n, (i % 25) as u32).0 as u64).sum::<u64>()).sum();
     let store = open_stopped_store(&data)?;
     let verified = verify_engine(&store, sc, payload, t0).map_err(|e| e.to_string())?;
     drop(store);
@@ -394,8 +439,8 @@ pub fn run_export(
         let (key, au) = &clip_owned[(n % clip_owned.len() as u64) as usize];
         (t0 + n as i64 * frame_us, n as i64 * 90_000 / i64::from(fps), *key, au.clone())
     });
-    let durable =
-        rt.block_on(async { publish(connect(&url).await?, token, camera.clone(), config, frames_of_clip, UPLOAD_BATCH_BYTES).await })?;
+    let durable = rt
+        .block_on(async { publish(connect(&url).await?, token, camera.clone(), config, frames_of_clip, UPLOAD_BATCH_BYTES, None).await })?;
     if durable != frames {
         return Err(format!("export clip: {durable} of {frames} frames acknowledged durable"));
     }
