@@ -16,13 +16,8 @@ use crate::{cpu_seconds, dir_bytes, rss_bytes, verify_engine, RunResult, Scenari
 
 /// Streams per HTTP/2 connection: the server admits 256 concurrent calls per connection.
 const STREAMS_PER_CONNECTION: usize = 128;
-/// Payload bytes per `Frames` message in the batched gRPC ingest runs: about half a second of
-/// 4 Mbit/s video, what a gateway forwarding a backlog would send at once.
-pub const BACKLOG_BATCH_BYTES: usize = 256 << 10;
 /// Longest wait for every stream's first frame to be durable before the clock starts.
 const PRIMING_TIMEOUT: Duration = Duration::from_secs(120);
-/// Payload bytes per `Frames` message when loading the export clip (setup, not timed).
-const UPLOAD_BATCH_BYTES: usize = 1 << 20;
 
 /// Parameter sets (Annex B SPS + PPS) of a 1920x1080 Constrained Baseline x264 stream: the
 /// server parses them at OpenStream, as export depends on them.
@@ -175,7 +170,6 @@ async fn publish(
     camera: String,
     config: Vec<u8>,
     frames: impl Iterator<Item = (i64, i64, bool, Bytes)> + Send + 'static,
-    batch_bytes: usize,
     gate: Option<Gate>,
 ) -> Result<u64, String> {
     use proto::publish_request::Msg;
@@ -206,18 +200,7 @@ async fn publish(
     }
     let sender = tokio::spawn(async move {
         loop {
-            let msg = if batch_bytes == 0 {
-                frames.next().map(Msg::Frame)
-            } else {
-                let mut batch = Vec::new();
-                let mut bytes = 0;
-                while bytes < batch_bytes && batch.len() < camvault_server::server::PUBLISH_FRAMES_PER_MESSAGE_MAX {
-                    let Some(f) = frames.next() else { break };
-                    bytes += f.payload.len();
-                    batch.push(f);
-                }
-                (!batch.is_empty()).then(|| Msg::Frames(proto::Frames { frames: batch }))
-            };
+            let msg = frames.next().map(Msg::Frame);
             let Some(msg) = msg else { return };
             if tx.send(request(msg)).await.is_err() {
                 return;
@@ -254,11 +237,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// stops when every stream's final acknowledgement says all its frames are sealed and durable;
 /// then the server is stopped and every frame is read back from its store.
 ///
-/// `batch_bytes` 0 sends one frame per message, as a live camera does; otherwise each stream
-/// sends `Frames` messages of about that many payload bytes, as a client with a backlog does.
-///
 /// Returns the run (CPU of both processes) and the server process's CPU seconds alone.
-pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8], batch_bytes: usize) -> Result<(RunResult, f64), String> {
+pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) -> Result<(RunResult, f64), String> {
     let data = dir.join("data");
     let server = ServerProcess::start(bin, &data)?;
     let cameras: Vec<String> = (0..sc.streams).map(|i| format!("cam-{i:05}")).collect();
@@ -288,15 +268,7 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8], ba
             });
             let ch = channels[i / STREAMS_PER_CONNECTION].clone();
             let gate = Gate { primed: primed.clone(), go: go_rx.clone() };
-            tasks.push(tokio::spawn(publish(
-                ch,
-                token.clone(),
-                camera.clone(),
-                H264_1080P_CONFIG.to_vec(),
-                frames,
-                batch_bytes,
-                Some(gate),
-            )));
+            tasks.push(tokio::spawn(publish(ch, token.clone(), camera.clone(), H264_1080P_CONFIG.to_vec(), frames, Some(gate))));
         }
         // Every stream's first frame is durable (its segment exists): the clock starts here, as
         // the engine's does after its streams' first frames.
@@ -439,8 +411,7 @@ pub fn run_export(
         let (key, au) = &clip_owned[(n % clip_owned.len() as u64) as usize];
         (t0 + n as i64 * frame_us, n as i64 * 90_000 / i64::from(fps), *key, au.clone())
     });
-    let durable = rt
-        .block_on(async { publish(connect(&url).await?, token, camera.clone(), config, frames_of_clip, UPLOAD_BATCH_BYTES, None).await })?;
+    let durable = rt.block_on(async { publish(connect(&url).await?, token, camera.clone(), config, frames_of_clip, None).await })?;
     if durable != frames {
         return Err(format!("export clip: {durable} of {frames} frames acknowledged durable"));
     }

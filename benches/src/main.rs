@@ -90,16 +90,9 @@ fn main() {
         let eng = run_engine(&dir.join("engine"), &sc, &payload).unwrap_or_else(|e| fail("engine run", e));
         let _ = std::fs::remove_dir_all(dir.join("engine"));
         if let (Ok(bin), Policy::Interval) = (&server_bin, policy) {
-            // One frame per message (a live camera), then frames batched (a client with a backlog).
-            let grpc = |batch_bytes| {
-                let g = camvault_benches::grpc::run_grpc_ingest(bin, &dir.join("grpc"), &sc, &payload, batch_bytes)
-                    .unwrap_or_else(|e| fail("gRPC run", e));
-                let _ = std::fs::remove_dir_all(dir.join("grpc"));
-                g
-            };
-            let single = grpc(0);
-            let batched = grpc(camvault_benches::grpc::BACKLOG_BATCH_BYTES);
-            grpc_rows.push((n, eng, single, batched));
+            let g = camvault_benches::grpc::run_grpc_ingest(bin, &dir.join("grpc"), &sc, &payload).unwrap_or_else(|e| fail("gRPC run", e));
+            let _ = std::fs::remove_dir_all(dir.join("grpc"));
+            grpc_rows.push((n, eng, g.0, g.1));
         }
         let peer = camvault_benches::peer::run_peer(&dir.join("fjall"), &sc, &payload).unwrap_or_else(|e| fail("fjall run", e));
         let _ = std::fs::remove_dir_all(dir.join("fjall"));
@@ -132,32 +125,21 @@ fn main() {
     match &server_bin {
         Ok(_) if !grpc_rows.is_empty() => {
             println!();
-            println!(
-                "gRPC on loopback, separate server process; \"frame\": one frame per message (a live camera), \"batched\": Frames messages of {} KiB (a backlog)",
-                camvault_benches::grpc::BACKLOG_BATCH_BYTES >> 10
-            );
-            println!("| streams | engine MB/s | gRPC MB/s frame (batched) | gRPC/engine frame (batched) | CPU s/GB engine | CPU s/GB server frame (batched) | CPU s/GB client+server frame (batched) | frames verified frame, batched |");
+            println!("| streams over gRPC (loopback, separate server process) | engine MB/s | gRPC MB/s | gRPC/engine | CPU s/GB engine | CPU s/GB server | CPU s/GB client+server | frames verified |");
             println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-            let gb = |g: &camvault_benches::RunResult| g.payload_bytes as f64 / 1e9;
-            for (n, eng, (g, g_cpu), (b, b_cpu)) in &grpc_rows {
-                let ok = g.verified_frames == g.frames && b.verified_frames == b.frames;
+            for (n, eng, g, server_cpu) in &grpc_rows {
+                let ok = g.verified_frames == g.frames;
                 failed |= !ok;
                 println!(
-                    "| {n} | {:.0} | {:.0} ({:.0}) | {:.2} ({:.2}) | {:.2} | {:.2} ({:.2}) | {:.2} ({:.2}) | {}/{}, {}/{}{} |",
+                    "| {n} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {}/{}{} |",
                     eng.mb_s(),
                     g.mb_s(),
-                    b.mb_s(),
                     g.mb_s() / eng.mb_s(),
-                    b.mb_s() / eng.mb_s(),
                     eng.cpu_s_per_gb(),
-                    g_cpu / gb(g),
-                    b_cpu / gb(b),
+                    server_cpu / (g.payload_bytes as f64 / 1e9),
                     g.cpu_s_per_gb(),
-                    b.cpu_s_per_gb(),
                     g.verified_frames,
                     g.frames,
-                    b.verified_frames,
-                    b.frames,
                     if ok { "" } else { " LOST OR REORDERED FRAMES" }
                 );
             }

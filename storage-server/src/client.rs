@@ -153,9 +153,6 @@ pub async fn run(verb: &str, args: &Args) -> Result<(), String> {
 /// A frame to publish: decode-time offset in µs, presentation time in 90 kHz, key, Annex B data.
 type IngestFrame = (i64, i64, bool, Vec<u8>);
 
-/// Payload bytes per `Frames` message of a `--fast` upload (a frame above it goes alone).
-const UPLOAD_BATCH_BYTES: usize = 1 << 20;
-
 async fn ingest(args: &Args) -> Result<(), String> {
     let file = args.positional(0).ok_or("usage: camvault ingest FILE.h264|FILE.h265|FILE.mp4 --camera ID [--fps N] [--fast]")?;
     let camera = args.value("--camera").ok_or("--camera is required")?.to_string();
@@ -209,41 +206,14 @@ async fn ingest(args: &Args) -> Result<(), String> {
     let mut c = proto::ingest_client::IngestClient::new(connect(args).await?).max_encoding_message_size(crate::server::MESSAGE_BYTES_MAX);
     let sender = tokio::spawn(async move {
         let started = Instant::now();
-        // `--fast` is an upload: frames go in batches, far cheaper for the server per byte.
-        // Paced, each frame goes alone as soon as its time comes, as a camera would send it.
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0usize;
         for (offset_us, pts_90k, key, payload) in frames {
             if !fast {
                 tokio::time::sleep_until((started + Duration::from_micros(offset_us.max(0) as u64)).into()).await;
             }
             let f = proto::Frame { ts_us: start_us + offset_us, pts_90k: Some(pts_90k), key, payload: payload.into() };
-            use proto::publish_request::Msg;
-            let msg = if !fast {
-                Msg::Frame(f)
-            } else {
-                // Flushed before it would outgrow the batch, so that a message holds at most
-                // one frame above UPLOAD_BATCH_BYTES and stays under the message size limit.
-                let full =
-                    batch_bytes + f.payload.len() > UPLOAD_BATCH_BYTES || batch.len() == crate::server::PUBLISH_FRAMES_PER_MESSAGE_MAX;
-                let out = (full && !batch.is_empty()).then(|| Msg::Frames(proto::Frames { frames: std::mem::take(&mut batch) }));
-                if out.is_some() {
-                    batch_bytes = 0;
-                }
-                batch_bytes += f.payload.len();
-                batch.push(f);
-                match out {
-                    Some(m) => m,
-                    None => continue,
-                }
-            };
-            if tx.send(proto::PublishRequest { msg: Some(msg) }).await.is_err() {
+            if tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Frame(f)) }).await.is_err() {
                 return;
             }
-        }
-        if !batch.is_empty() {
-            let _ =
-                tx.send(proto::PublishRequest { msg: Some(proto::publish_request::Msg::Frames(proto::Frames { frames: batch })) }).await;
         }
     });
     let mut acks = c.publish(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(st)?.into_inner();

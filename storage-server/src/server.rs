@@ -29,8 +29,6 @@ pub const MESSAGE_BYTES_MAX: usize = storage_core::FRAME_BYTES_MAX + (64 << 10);
 pub const PUBLISH_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most publish messages a call's task appends per wake-up (one batch).
 const PUBLISH_BATCH_MESSAGES: usize = 64;
-/// Most frames one `Frames` publish message may carry.
-pub const PUBLISH_FRAMES_PER_MESSAGE_MAX: usize = 1024;
 
 /// How often a publisher hears the durable sequence number when it advances.
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
@@ -430,18 +428,6 @@ fn apply_publish(
     for msg in batch {
         match msg.msg {
             Some(proto::publish_request::Msg::Frame(f)) => append(writer, &f, &mut frames, &mut bytes, accepted)?,
-            Some(proto::publish_request::Msg::Frames(fs)) => {
-                if fs.frames.len() > PUBLISH_FRAMES_PER_MESSAGE_MAX {
-                    counted(frames, bytes, 0);
-                    return Err(Status::invalid_argument(format!(
-                        "a Frames message carries at most {PUBLISH_FRAMES_PER_MESSAGE_MAX} frames, this one {}",
-                        fs.frames.len()
-                    )));
-                }
-                for f in &fs.frames {
-                    append(writer, f, &mut frames, &mut bytes, accepted)?;
-                }
-            }
             Some(proto::publish_request::Msg::CodecChange(c)) => {
                 let changed = codec_from(c.codec).and_then(|codec| {
                     h26x::sample_description(codec, &c.config).map_err(|e| Status::invalid_argument(format!("codec change: {e}")))?;
