@@ -178,11 +178,6 @@ async fn publish(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let request = |m| proto::PublishRequest { msg: Some(m) };
     tx.send(request(Msg::Open(open))).await.map_err(|e| e.to_string())?;
-    if gate.is_some() {
-        if let Some(first) = frames.next() {
-            tx.send(request(Msg::Frame(first))).await.map_err(|e| e.to_string())?;
-        }
-    }
     let mut client = proto::ingest_client::IngestClient::new(ch).max_encoding_message_size(camvault_server::server::MESSAGE_BYTES_MAX);
     let mut acks =
         client.publish(authed(tokio_stream::wrappers::ReceiverStream::new(rx), &token)?).await.map_err(|e| e.to_string())?.into_inner();
@@ -190,6 +185,8 @@ async fn publish(
     if let Some(gate) = gate {
         // The first frame created the stream's segment (data key wrapped and stored, catalog
         // entry): once it is durable, the stream is set up, as the engine's are before its clock.
+        let first = frames.next().ok_or("a stream needs at least one frame")?;
+        tx.send(request(Msg::Frame(first))).await.map_err(|e| e.to_string())?;
         while durable < 1 {
             durable =
                 acks.message().await.map_err(|e| e.to_string())?.ok_or("the server ended the stream before its first ack")?.durable_seq;
@@ -199,10 +196,8 @@ async fn publish(
         go.wait_for(|&go| go).await.map_err(|e| e.to_string())?;
     }
     let sender = tokio::spawn(async move {
-        loop {
-            let msg = frames.next().map(Msg::Frame);
-            let Some(msg) = msg else { return };
-            if tx.send(request(msg)).await.is_err() {
+        for f in frames {
+            if tx.send(request(Msg::Frame(f))).await.is_err() {
                 return;
             }
         }
