@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
+pub mod conn;
 pub mod h26x;
 pub mod metrics;
 pub mod mp4;

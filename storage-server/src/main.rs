@@ -276,7 +276,12 @@ fn serve(args: &Args) -> Result<(), String> {
             .add_service(proto::retention_server::RetentionServer::new(api.clone()))
             .add_service(proto::audit_server::AuditServer::new(api.clone()))
             .add_service(proto::admin_server::AdminServer::new(api.clone()))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown);
+            .serve_with_incoming_shutdown(
+                tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |c| {
+                    c.map(camvault_server::conn::ReadAhead::new)
+                }),
+                shutdown,
+            );
         tokio::select! {
             r = serving => r.map_err(|e| e.to_string()),
             _ = async { stopping.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
