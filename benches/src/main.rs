@@ -20,7 +20,7 @@ use camvault_benches::{
 
 const USAGE: &str = "usage: camvault-bench [options]
   --streams 1,64,1000     stream counts to run (default 1,64,1000; smoke 1,8)
-  --seconds N             seconds of video per stream (default 10; smoke 2)
+  --seconds N             seconds of video per stream (default 20; smoke 2)
   --4k                    16 Mbit/s, 2 s GOP streams instead of 4 Mbit/s, 1 s GOP
   --flush interval|gop|os group commit every 1 s (default), fsync per GOP, or OS write-back only
   --no-grpc               skip the through-the-server runs (they start `camvault serve` from
@@ -50,7 +50,7 @@ fn main() {
             vec![1, 64, 1000]
         }
     });
-    let seconds: u32 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(if smoke { 2 } else { 10 });
+    let seconds: u32 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(if smoke { 2 } else { 20 });
     let profile = if args.iter().any(|a| a == "--4k") { Profile::UHD_16MBIT } else { Profile::HD_4MBIT };
     let payload = noise(8 << 20);
     let policy = match arg("--flush").as_deref() {
