@@ -1,4 +1,10 @@
-//! Accepted connections with a read-ahead buffer.
+//! Accepted connections: `TCP_NODELAY` on, reads through a read-ahead buffer.
+//!
+//! The server accepts its own connections (so that it can wrap them), and tonic applies its
+//! `tcp_nodelay` setting only to connections it accepts itself. Without `TCP_NODELAY` the
+//! server's small writes (HTTP/2 window updates, acknowledgements) waited behind Nagle's
+//! algorithm for the peer's delayed ACK, up to 40 ms each: one publishing stream was held to
+//! one 4 MiB receive window per 40 ms, about 100 MB/s (BENCHMARKS.md).
 //!
 //! HTTP/2 reads the socket through a frame decoder whose buffer starts at 8 KiB and is
 //! re-allocated at that size whenever earlier frames are still referenced, which they are while
@@ -32,9 +38,10 @@ pub struct ReadAhead {
 }
 
 impl ReadAhead {
-    /// Wraps an accepted connection.
-    pub fn new(inner: TcpStream) -> Self {
-        ReadAhead { inner, buf: Vec::new(), start: 0, end: 0 }
+    /// Wraps an accepted connection and turns Nagle's algorithm off on it.
+    pub fn accepted(inner: TcpStream) -> io::Result<Self> {
+        inner.set_nodelay(true)?;
+        Ok(ReadAhead { inner, buf: Vec::new(), start: 0, end: 0 })
     }
 }
 
@@ -109,7 +116,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (accepted, _) = listener.accept().await.expect("accept");
-        (ReadAhead::new(accepted), client)
+        (ReadAhead::accepted(accepted).expect("nodelay"), client)
     }
 
     /// Bytes that differ at every offset, so a piece served twice or skipped shows.
@@ -182,6 +189,7 @@ mod tests {
     async fn writes_and_peer_address_pass_through() {
         let (mut server, mut client) = pair().await;
         assert_eq!(server.connect_info().remote_addr(), Some(client.local_addr().expect("addr")));
+        assert!(server.inner.nodelay().expect("nodelay"), "small writes would wait for the peer's delayed ACK");
         server.write_all(b"window update").await.expect("write");
         server.flush().await.expect("flush");
         let mut got = [0u8; 13];

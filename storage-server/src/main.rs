@@ -278,7 +278,7 @@ fn serve(args: &Args) -> Result<(), String> {
             .add_service(proto::admin_server::AdminServer::new(api.clone()))
             .serve_with_incoming_shutdown(
                 tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |c| {
-                    c.map(camvault_server::conn::ReadAhead::new)
+                    c.and_then(camvault_server::conn::ReadAhead::accepted)
                 }),
                 shutdown,
             );
