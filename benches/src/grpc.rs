@@ -126,11 +126,8 @@ fn authed<T>(msg: T, token: &str) -> Result<Request<T>, String> {
 }
 
 async fn connect(url: &str) -> Result<Channel, String> {
-    Channel::from_shared(url.to_string())
-        .map_err(|e| e.to_string())?
-        // Receive windows sized for video, as the server's (an export streams 1 MiB chunks).
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(32 << 20)
+    // The `camvault` client's settings: windows and frames sized for video.
+    camvault_server::conn::client_endpoint(Channel::from_shared(url.to_string()).map_err(|e| e.to_string())?)
         .connect()
         .await
         .map_err(|e| format!("cannot reach {url}: {e}"))

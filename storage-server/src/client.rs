@@ -28,7 +28,7 @@ async fn connect(args: &Args) -> Result<Chan, String> {
         .map(String::from)
         .or_else(|| std::env::var("CAMVAULT_TOKEN").ok())
         .ok_or("a token is required: --token or CAMVAULT_TOKEN")?;
-    let mut endpoint = Channel::from_shared(addr.clone()).map_err(|e| e.to_string())?;
+    let mut endpoint = camvault_server::conn::client_endpoint(Channel::from_shared(addr.clone()).map_err(|e| e.to_string())?);
     let opt = |flag: &str, env: &str| args.value(flag).map(String::from).or_else(|| std::env::var(env).ok());
     if let Some(ca) = opt("--ca", "CAMVAULT_CA") {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};

@@ -1,4 +1,5 @@
-//! Accepted connections: `TCP_NODELAY` on, reads through a read-ahead buffer.
+//! Connections: the server's accepted connections (`TCP_NODELAY` on, reads through a
+//! read-ahead buffer), and the HTTP/2 settings of its clients.
 //!
 //! The server accepts its own connections (so that it can wrap them), and tonic applies its
 //! `tcp_nodelay` setting only to connections it accepts itself. Without `TCP_NODELAY` the
@@ -25,6 +26,23 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 /// segment) gives most of the saving of 256 KiB (BENCHMARKS.md) at a quarter of the memory per
 /// connection: a recorder may hold thousands of connections, one per camera.
 pub const READ_AHEAD_BYTES: usize = 64 << 10;
+
+/// HTTP/2 receive window of one call on a client's connection: an export streams 1 MiB chunks.
+pub const CLIENT_STREAM_WINDOW_BYTES: u32 = 8 << 20;
+/// HTTP/2 receive window of a client's connection, shared by its calls.
+pub const CLIENT_CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+/// Largest HTTP/2 frame a client accepts (the protocol's default is 16 KiB).
+pub const CLIENT_FRAME_BYTES: u32 = 1 << 20;
+
+/// A client endpoint sized for video, as the server is: with the 64 KiB protocol default
+/// window an export moves one window per round trip, and with 16 KiB frames a 1 MiB export
+/// chunk arrives as 64 frames, each a wake-up of the receiving call.
+pub fn client_endpoint(endpoint: tonic::transport::Endpoint) -> tonic::transport::Endpoint {
+    endpoint
+        .initial_stream_window_size(CLIENT_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CLIENT_CONNECTION_WINDOW_BYTES)
+        .max_frame_size(CLIENT_FRAME_BYTES)
+}
 
 /// A TCP connection whose reads are served from a `READ_AHEAD_BYTES` buffer. Writes pass
 /// through unchanged.

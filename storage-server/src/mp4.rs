@@ -139,7 +139,15 @@ pub struct Sample {
 
 /// `moof` + `mdat` for samples whose data (length-prefixed NAL units) is `data`.
 pub fn fragment(sequence: u32, base_decode_time: u64, samples: &[Sample], data: &[u8]) -> Vec<u8> {
-    let mut o = Vec::with_capacity(data.len() + 64 + samples.len() * 16);
+    let mut o = fragment_header(sequence, base_decode_time, samples, data.len());
+    o.extend_from_slice(data);
+    o
+}
+
+/// `moof` and the `mdat` header of a fragment whose `mdat` data is `data_bytes` long: the
+/// export sends the data after it as it is, without copying it behind the header.
+pub fn fragment_header(sequence: u32, base_decode_time: u64, samples: &[Sample], data_bytes: usize) -> Vec<u8> {
+    let mut o = Vec::with_capacity(64 + samples.len() * 16);
     let mut data_offset_at = 0;
     boxed(&mut o, b"moof", |o| {
         full(o, b"mfhd", 0, 0, |o| o.extend_from_slice(&sequence.to_be_bytes()));
@@ -164,8 +172,31 @@ pub fn fragment(sequence: u32, base_decode_time: u64, samples: &[Sample], data: 
     });
     let offset = (o.len() + 8) as u32;
     o[data_offset_at..data_offset_at + 4].copy_from_slice(&offset.to_be_bytes());
-    o.extend_from_slice(&((data.len() + 8) as u32).to_be_bytes());
+    o.extend_from_slice(&((data_bytes + 8) as u32).to_be_bytes());
     o.extend_from_slice(b"mdat");
-    o.extend_from_slice(data);
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_followed_by_its_data_is_the_whole_fragment() {
+        let samples = [Sample { size: 7, duration: 3600, key: true, cto: 0 }, Sample { size: 5, duration: 3600, key: false, cto: 3600 }];
+        let data: Vec<u8> = (1..=12).collect();
+        let whole = fragment(9, 90_000, &samples, &data);
+        let header = fragment_header(9, 90_000, &samples, data.len());
+        assert_eq!([header.as_slice(), &data].concat(), whole);
+        // The mdat box covers exactly the data, and trun's data offset points at its first byte.
+        let mdat = header.len() - 8;
+        assert_eq!(&header[mdat + 4..], b"mdat");
+        assert_eq!(u32::from_be_bytes(header[mdat..mdat + 4].try_into().expect("4 bytes")) as usize, data.len() + 8);
+        let moof = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        assert_eq!(moof, mdat);
+        let trun = header.windows(4).position(|w| w == b"trun").expect("a trun box");
+        // trun: type, version+flags, sample count, then the data offset from the start of moof.
+        let data_offset = u32::from_be_bytes(header[trun + 12..trun + 16].try_into().expect("4 bytes")) as usize;
+        assert_eq!(&whole[data_offset..data_offset + data.len()], data.as_slice());
+    }
 }

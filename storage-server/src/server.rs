@@ -36,8 +36,9 @@ const ACK_INTERVAL: Duration = Duration::from_millis(100);
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Export chunk size on the wire.
 const EXPORT_CHUNK_BYTES: usize = 1 << 20;
-/// MP4 fragments (one GOP each) queued between an export's muxer and its hashing thread.
-const EXPORT_PIPELINE_FRAGMENTS: usize = 4;
+/// Pieces queued between an export's muxer and its hashing thread: four MP4 fragments (one GOP
+/// each), every fragment sent as its header and then its data.
+const EXPORT_PIPELINE_PIECES: usize = 8;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -655,7 +656,7 @@ fn export(
 ) -> Result<(), Status> {
     // Muxing (with the read and decryption under it) and hashing run on two threads: the
     // manifest's SHA-256 of the file costs about as much CPU as decrypting it.
-    let (fragments, fragments_rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(EXPORT_PIPELINE_FRAGMENTS);
+    let (fragments, fragments_rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(EXPORT_PIPELINE_PIECES);
     let wire = tx.clone();
     let hashing = std::thread::Builder::new()
         .name("camvault-export-hash".into())
@@ -703,7 +704,9 @@ fn export(
             reorder_90k = Some(k.max(0));
         }
         let k = reorder_90k.unwrap_or(0);
-        let mut data = Vec::new();
+        // Start codes (3 or 4 bytes) become 4-byte lengths. An eighth more than the payloads
+        // holds real frames (a handful of NAL units each); anything else grows the buffer.
+        let mut data = Vec::with_capacity(pending.iter().map(|p| p.3.len() + p.3.len() / 8 + 8).sum());
         let mut samples = Vec::with_capacity(pending.len());
         for i in 0..pending.len() {
             let (ts, pts, key, ref payload) = pending[i];
@@ -721,7 +724,8 @@ fn export(
         }
         seq += 1;
         let base = to90k(pending[0].0).max(0) as u64;
-        send(mp4::fragment(seq, base, &samples, &data))?;
+        send(mp4::fragment_header(seq, base, &samples, data.len()))?;
+        send(data)?;
         pending.clear();
         Ok(())
     };
