@@ -23,8 +23,8 @@ use tokio::net::TcpStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Bytes read from the socket per `recv` when the caller asks for less. 64 KiB (a loopback
-/// segment) gives most of the saving of 256 KiB (BENCHMARKS.md) at a quarter of the memory per
-/// connection: a recorder may hold thousands of connections, one per camera.
+/// segment) measured about as well as 256 KiB (BENCHMARKS.md, History) at a quarter of the
+/// memory per connection: a recorder may hold thousands of connections, one per camera.
 pub const READ_AHEAD_BYTES: usize = 64 << 10;
 
 /// HTTP/2 receive window of one call on a client's connection: an export streams 1 MiB chunks.
