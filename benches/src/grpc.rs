@@ -304,6 +304,7 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) ->
         verified_frames: verified,
         cpu_s: cpu,
         connect: Duration::ZERO,
+        close: Duration::ZERO,
     };
     Ok((run, server_cpu))
 }

@@ -94,6 +94,9 @@ pub struct RunResult {
     /// Engine runs: time to append every stream's first frame (creating its segment) from
     /// many threads at once, before the clock starts.
     pub connect: Duration,
+    /// Engine and raw runs: the final close (seal) or flush of every stream, from
+    /// [`CLOSE_THREADS`] threads at once; inside the clock.
+    pub close: Duration,
 }
 
 impl RunResult {
@@ -262,6 +265,35 @@ fn drive<S: Send>(sc: &Scenario, states: Vec<S>, f: impl Fn(&mut S, usize, u64, 
 /// cameras connecting at once do (their segment creations share group commits).
 const CONNECT_THREADS: usize = 32;
 
+/// Threads that close every stream at the end of an engine run, or make the last bytes of
+/// every file durable at the end of a raw run: streams end together as a server's do at
+/// shutdown, each call on its own task (their seals share catalog group commits).
+pub const CLOSE_THREADS: usize = 32;
+
+/// `items` in at most `threads` consecutive parts of equal length (the last may be shorter).
+fn split<S>(items: Vec<S>, threads: usize) -> Vec<Vec<S>> {
+    let per = items.len().div_ceil(threads.max(1)).max(1);
+    let mut parts: Vec<Vec<S>> = Vec::new();
+    let mut it = items.into_iter();
+    loop {
+        let part: Vec<S> = it.by_ref().take(per).collect();
+        if part.is_empty() {
+            return parts;
+        }
+        parts.push(part);
+    }
+}
+
+/// Runs `f` on every item from `threads` threads at once; the first error, if any.
+fn each_parallel<S: Send, E: Send>(items: Vec<S>, threads: usize, f: impl Fn(S) -> Result<(), E> + Sync) -> Result<(), E> {
+    let parts = split(items, threads);
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = parts.into_iter().map(|part| s.spawn(move || part.into_iter().try_for_each(f))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(Ok(()))).collect::<Result<Vec<()>, E>>().map(|_| ())
+    })
+}
+
 /// [`drive`] over frames `frames` with `threads` threads.
 fn drive_range<S: Send>(
     states: Vec<S>,
@@ -270,15 +302,7 @@ fn drive_range<S: Send>(
     f: &(impl Fn(&mut S, usize, u64, u32) + Sync),
 ) -> Vec<S> {
     let per = states.len().div_ceil(threads.max(1)).max(1);
-    let mut parts: Vec<Vec<S>> = Vec::new();
-    let mut it = states.into_iter();
-    loop {
-        let part: Vec<S> = it.by_ref().take(per).collect();
-        if part.is_empty() {
-            break;
-        }
-        parts.push(part);
-    }
+    let parts = split(states, threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = parts
             .into_iter()
@@ -338,6 +362,7 @@ pub fn run_raw(dir: &Path, sc: &Scenario, payload: &[u8]) -> std::io::Result<Run
         }
     };
     let mut peak = 0;
+    let mut close = Duration::ZERO;
     let result = std::thread::scope(|s| {
         let flusher = s.spawn(|| {
             let mut last = Instant::now();
@@ -372,7 +397,12 @@ pub fn run_raw(dir: &Path, sc: &Scenario, payload: &[u8]) -> std::io::Result<Run
             }
         });
         peak = rss_bytes();
-        files.iter().for_each(|f| flush_one(f));
+        let closing = Instant::now();
+        let _ = each_parallel(files.iter().collect(), CLOSE_THREADS, |f| {
+            flush_one(f);
+            Ok::<(), ()>(())
+        });
+        close = closing.elapsed();
         let elapsed = start.elapsed();
         stop.store(true, Ordering::Relaxed);
         let _ = flusher.join();
@@ -389,6 +419,7 @@ pub fn run_raw(dir: &Path, sc: &Scenario, payload: &[u8]) -> std::io::Result<Run
         verified_frames: frames,
         cpu_s: cpu_seconds() - cpu0,
         connect: Duration::ZERO,
+        close,
     })
 }
 
@@ -420,6 +451,7 @@ pub fn run_sequential(dir: &Path, total_bytes: u64, flush: Duration) -> std::io:
         verified_frames: 0,
         cpu_s: 0.0,
         connect: Duration::ZERO,
+        close: Duration::ZERO,
     })
 }
 
@@ -463,9 +495,9 @@ pub fn run_engine(dir: &Path, sc: &Scenario, payload: &[u8]) -> storage_core::Re
     let streams = drive_range(streams, 1..u64::from(sc.seconds) * u64::from(sc.profile.fps), sc.threads, &append);
     let peak = rss_bytes();
     let payload_bytes: u64 = streams.iter().map(|s| s.1).sum::<u64>() - primed;
-    for (s, _) in streams {
-        s.close()?;
-    }
+    let closing = Instant::now();
+    each_parallel(streams, CLOSE_THREADS, |(s, _)| s.close())?;
+    let close = closing.elapsed();
     let elapsed = start.elapsed();
     let cpu = cpu_seconds();
     let written = disk_write_bytes().saturating_sub(io0);
@@ -484,6 +516,7 @@ pub fn run_engine(dir: &Path, sc: &Scenario, payload: &[u8]) -> storage_core::Re
         verified_frames: verified,
         cpu_s: cpu - cpu0,
         connect,
+        close,
     })
 }
 
@@ -659,4 +692,30 @@ pub fn run_recovery(dir: &Path, streams: usize, seconds: u32, payload: &[u8]) ->
     let clean = start.elapsed();
     drop(store);
     Ok((crashed, clean))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{each_parallel, split};
+
+    #[test]
+    fn split_keeps_order_and_every_item_in_at_most_the_given_parts() {
+        assert_eq!(split((0..10).collect(), 3), vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
+        assert_eq!(split((0..2).collect(), 32), vec![vec![0], vec![1]]);
+        assert!(split(Vec::<u8>::new(), 4).is_empty());
+    }
+
+    #[test]
+    fn each_parallel_runs_every_item_and_reports_a_failure() {
+        let seen = std::sync::Mutex::new(Vec::new());
+        each_parallel((0..100).collect(), 7, |i: u32| {
+            seen.lock().expect("seen").push(i);
+            Ok::<(), ()>(())
+        })
+        .expect("no failure");
+        let mut seen = seen.into_inner().expect("seen");
+        seen.sort_unstable();
+        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+        assert_eq!(each_parallel((0..100).collect(), 7, |i: u32| if i == 42 { Err(i) } else { Ok(()) }), Err(42));
+    }
 }

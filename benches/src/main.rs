@@ -4,7 +4,7 @@
 //! cargo build --release -p camvault-server -p camvault-benches
 //! ./target/release/camvault-bench [--smoke] [--dir DIR] [--streams 1,64,1000] [--seconds N] [--4k]
 //!     [--flush interval|gop|os] [--no-grpc] [--no-extras] [--ramp 250,500,...] [--export-seconds N] [--warm]
-//!     [--keys N] [--erase-segments N]
+//!     [--keys N] [--erase-segments N] [--repeat N]
 //! ```
 //!
 //! The through-the-server figures start `camvault serve` from beside this binary (or
@@ -31,6 +31,8 @@ const USAGE: &str = "usage: camvault-bench [options]
   --warm                  export with a warm page cache (default: dropped before each read, as root)
   --keys N                live data keys for the rotation figure (default 1000000)
   --erase-segments N      segments for the sweep figure (default 10000)
+  --repeat N              run each stream count N times (at most 50), raw and engine in
+                          alternating order, and print the median and range of each ratio
   --dir DIR               where to write (default: the temporary directory)
   --smoke                 seconds-long run that checks everything still works (CI)";
 
@@ -51,6 +53,7 @@ fn main() {
         }
     });
     let seconds: u32 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(if smoke { 2 } else { 20 });
+    let repeat: usize = arg("--repeat").and_then(|s| s.parse().ok()).unwrap_or(1).clamp(1, REPEAT_MAX);
     let profile = if args.iter().any(|a| a == "--4k") { Profile::UHD_16MBIT } else { Profile::HD_4MBIT };
     let payload = noise(8 << 20);
     let policy = match arg("--flush").as_deref() {
@@ -73,22 +76,38 @@ fn main() {
         );
     }
     println!(
-        "| streams | raw MB/s | engine MB/s | engine/raw | fjall MB/s | engine/fjall | sequential MB/s | engine/seq | write amp engine (fjall) | RSS/stream KiB | CPU s/GB engine (fjall) | frames verified engine, fjall | first frames (segment creation) s |"
+        "| streams | raw MB/s | engine MB/s | engine/raw | fjall MB/s | engine/fjall | sequential MB/s | engine/seq | write amp engine (fjall) | RSS/stream KiB | CPU s/GB engine (raw, fjall) | frames verified engine, fjall | first frames (segment creation) s | final close s engine (raw) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
     // The server binary drives the through-the-server figures; without it they are skipped.
     let server_bin =
         if args.iter().any(|a| a == "--no-grpc") { Err("--no-grpc".to_string()) } else { camvault_benches::grpc::server_binary() };
     let mut grpc_rows = Vec::new();
-    for &n in &streams {
+    let mut ratios = Vec::new();
+    for (run, &n) in streams.iter().flat_map(|n| std::iter::repeat_n(n, repeat)).enumerate() {
         let sc = Scenario { streams: n, profile, seconds, threads: 2, flush: Duration::from_secs(1), policy };
         let dir = base.join(format!("s{n}"));
         let _ = std::fs::remove_dir_all(&dir);
-        let raw = run_raw(&dir.join("raw"), &sc, &payload).unwrap_or_else(|e| fail("raw baseline", e));
-        let _ = std::fs::remove_dir_all(dir.join("raw"));
-        let eng = run_engine(&dir.join("engine"), &sc, &payload).unwrap_or_else(|e| fail("engine run", e));
-        let _ = std::fs::remove_dir_all(dir.join("engine"));
+        // Whichever side runs second inherits the disk and memory state the first one left:
+        // repeated runs alternate the order, so that no side always pays it.
+        let raw_side = || {
+            let raw = run_raw(&dir.join("raw"), &sc, &payload).unwrap_or_else(|e| fail("raw baseline", e));
+            let _ = std::fs::remove_dir_all(dir.join("raw"));
+            raw
+        };
+        let engine_side = || {
+            let eng = run_engine(&dir.join("engine"), &sc, &payload).unwrap_or_else(|e| fail("engine run", e));
+            let _ = std::fs::remove_dir_all(dir.join("engine"));
+            eng
+        };
+        let (raw, eng) = if run % 2 == 0 {
+            let raw = raw_side();
+            (raw, engine_side())
+        } else {
+            let eng = engine_side();
+            (raw_side(), eng)
+        };
         if let (Ok(bin), Policy::Interval) = (&server_bin, policy) {
             let g = camvault_benches::grpc::run_grpc_ingest(bin, &dir.join("grpc"), &sc, &payload).unwrap_or_else(|e| fail("gRPC run", e));
             let _ = std::fs::remove_dir_all(dir.join("grpc"));
@@ -100,8 +119,9 @@ fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         let ok = eng.verified_frames == eng.frames && peer.verified_frames == peer.frames;
         failed |= !ok;
+        ratios.push((n, eng.mb_s() / raw.mb_s(), eng.mb_s() / peer.mb_s()));
         println!(
-            "| {n} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.3} ({:.2}) | {} | {:.2} ({:.2}) | {}/{}, {}/{}{} | {:.2} |",
+            "| {n} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.3} ({:.2}) | {} | {:.2} ({:.2}, {:.2}) | {}/{}, {}/{}{} | {:.2} | {:.2} ({:.2}) |",
             raw.mb_s(),
             eng.mb_s(),
             eng.mb_s() / raw.mb_s(),
@@ -113,13 +133,16 @@ fn main() {
             peer.write_amp(),
             eng.rss_per_stream / 1024,
             eng.cpu_s_per_gb(),
+            raw.cpu_s_per_gb(),
             peer.cpu_s_per_gb(),
             eng.verified_frames,
             eng.frames,
             peer.verified_frames,
             peer.frames,
             if ok { "" } else { " LOST OR REORDERED FRAMES" },
-            eng.connect.as_secs_f64()
+            eng.connect.as_secs_f64(),
+            eng.close.as_secs_f64(),
+            raw.close.as_secs_f64()
         );
     }
     match &server_bin {
@@ -147,6 +170,9 @@ fn main() {
         Ok(_) => {}
         Err(e) => println!("\n(through-the-server figures skipped: {e})"),
     }
+    if repeat > 1 {
+        print_spread(&streams, &ratios, &grpc_rows);
+    }
     print_host_reported(reporting0);
     if failed {
         std::process::exit(1);
@@ -169,6 +195,54 @@ fn main() {
     erase_costs(&base, smoke, &arg("--keys"), &arg("--erase-segments"));
     index_and_recovery(&base, smoke, &payload);
     print_host_reported(reporting0);
+}
+
+/// Most runs `--repeat` takes per stream count (each is a minute or more at 1,000 streams).
+const REPEAT_MAX: usize = 50;
+
+/// The median and range of each ratio over the repeated runs of each stream count: single runs
+/// on a shared machine vary by about a tenth either way (BENCHMARKS.md).
+fn print_spread(
+    streams: &[usize],
+    ratios: &[(usize, f64, f64)],
+    grpc_rows: &[(usize, camvault_benches::RunResult, camvault_benches::RunResult, f64)],
+) {
+    println!();
+    println!("| streams | runs | engine/raw median (min-max) | engine/fjall median (min-max) | gRPC/engine median (min-max) |");
+    println!("|---:|---:|---|---|---|");
+    for &n in streams {
+        let of = |v: Vec<f64>| match Spread::of(v) {
+            Some(s) => format!("{:.2} ({:.2}-{:.2})", s.median, s.min, s.max),
+            None => "-".into(),
+        };
+        let raw: Vec<f64> = ratios.iter().filter(|r| r.0 == n).map(|r| r.1).collect();
+        let runs = raw.len();
+        let fjall = ratios.iter().filter(|r| r.0 == n).map(|r| r.2).collect();
+        let grpc = grpc_rows.iter().filter(|r| r.0 == n).map(|(_, eng, g, _)| g.mb_s() / eng.mb_s()).collect();
+        println!("| {n} | {runs} | {} | {} | {} |", of(raw), of(fjall), of(grpc));
+    }
+    println!(
+        "(resident memory per stream means something in the first run of each count only: later runs reuse memory the allocator kept)"
+    );
+}
+
+/// Median, least and greatest of a set of figures.
+#[derive(Debug, PartialEq)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    /// `None` for no figures; the median of an even count is the mean of the middle two.
+    fn of(mut v: Vec<f64>) -> Option<Spread> {
+        v.sort_by(f64::total_cmp);
+        let (min, max) = (*v.first()?, *v.last()?);
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 };
+        Some(Spread { median, min, max })
+    }
 }
 
 /// Memory the guest gave back to the host since `since` (none: figures undistorted by it).
@@ -324,4 +398,17 @@ fn erase_costs(base: &std::path::Path, smoke: bool, keys: &Option<String>, segme
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     eprintln!("{what} failed: {e}");
     std::process::exit(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spread;
+
+    #[test]
+    fn spread_takes_the_middle_figure_or_the_mean_of_the_middle_two_whatever_the_order() {
+        assert_eq!(Spread::of(vec![]), None);
+        assert_eq!(Spread::of(vec![0.9]), Some(Spread { median: 0.9, min: 0.9, max: 0.9 }));
+        assert_eq!(Spread::of(vec![0.95, 0.81, 0.86]), Some(Spread { median: 0.86, min: 0.81, max: 0.95 }));
+        assert_eq!(Spread::of(vec![1.0, 0.5, 0.75, 0.25]), Some(Spread { median: 0.625, min: 0.25, max: 1.0 }));
+    }
 }

@@ -100,5 +100,6 @@ pub fn run_peer(dir: &Path, sc: &Scenario, payload: &[u8]) -> Result<RunResult, 
         verified_frames: verified,
         cpu_s: cpu - cpu0,
         connect: Duration::ZERO,
+        close: Duration::ZERO,
     })
 }

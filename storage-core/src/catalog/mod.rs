@@ -158,12 +158,8 @@ impl Catalog {
         Ok(Loaded { catalog: Catalog { log }, entries, max_segment })
     }
 
-    /// Appends one record and fsyncs. A failed fsync poisons the catalog for good.
-    pub(crate) fn append(&mut self, rec: &CatalogRecord) -> Result<()> {
-        self.append_many(std::slice::from_ref(rec))
-    }
-
-    /// Appends several records with one write and one fsync.
+    /// Appends records with one write and one fsync. A failed fsync poisons the catalog for
+    /// good. (Single records go through the store's group commit, which batches them here.)
     pub(crate) fn append_many(&mut self, recs: &[CatalogRecord]) -> Result<()> {
         let framed: Vec<(u8, Vec<u8>)> = recs.iter().map(CatalogRecord::encode).collect();
         self.log.append_many(&framed).map(|_| ())

@@ -2,6 +2,7 @@
 //! and the group-commit flusher; hands out [`StreamWriter`]s and [`FrameReader`]s.
 
 mod erase;
+mod group;
 mod index;
 mod read;
 mod recover;
@@ -96,22 +97,11 @@ pub struct SegmentSummary {
     pub sealed: Option<SealedInfo>,
 }
 
-/// Where a creation's leader leaves the outcome: the segment id, or (disk full?, message).
-type CreationSlot = Arc<Mutex<Option<std::result::Result<SegmentId, (bool, String)>>>>;
-
 /// A segment creation waiting for the next group commit of keys and Open records.
 struct Creation {
     camera: String,
     key: DataKey,
     created_us: i64,
-    slot: CreationSlot,
-}
-
-/// Creations waiting, and whether a leader is committing.
-#[derive(Default)]
-struct Creations {
-    waiting: Vec<Creation>,
-    leading: bool,
 }
 
 pub(crate) struct Inner {
@@ -131,8 +121,9 @@ pub(crate) struct Inner {
     shutdown: Mutex<bool>,
     shutdown_cv: Condvar,
     no_space: AtomicBool,
-    creations: Mutex<Creations>,
-    creations_done: Condvar,
+    creations: group::GroupCommit<Creation, SegmentId>,
+    /// Single catalog records (Sealed, Dropped) from concurrent callers share fsyncs.
+    catalog_appends: group::GroupCommit<CatalogRecord, ()>,
     pub control: Mutex<ControlState>,
     pub audit: Mutex<AuditLog>,
     pub decommissioned: AtomicBool,
@@ -202,8 +193,8 @@ impl Store {
             shutdown: Mutex::new(false),
             shutdown_cv: Condvar::new(),
             no_space: AtomicBool::new(false),
-            creations: Mutex::new(Creations::default()),
-            creations_done: Condvar::new(),
+            creations: group::GroupCommit::new("segment creation"),
+            catalog_appends: group::GroupCommit::new("catalog"),
             control: Mutex::new(control),
             audit: Mutex::new(audit),
             decommissioned: AtomicBool::new(false),
@@ -539,8 +530,26 @@ impl Inner {
             .ok_or_else(|| Error::NotFound(format!("camera {camera} has no recordings")))
     }
 
+    /// Appends one record and returns once it is durable, group-committed with every other
+    /// record appended at the same time (streams sealing together share one catalog fsync).
     pub(crate) fn catalog_append(&self, rec: &CatalogRecord) -> Result<()> {
-        self.catalog.lock().map_err(|_| Error::Poisoned("catalog lock".into()))?.append(rec)
+        self.catalog_appends.submit(
+            rec.clone(),
+            |recs| {
+                self.catalog.lock().map_err(|_| Error::Poisoned("catalog lock".into()))?.append_many(recs)?;
+                Ok(vec![(); recs.len()])
+            },
+            |no_space, msg| self.commit_failed("append catalog record", &self.config.root.join("catalog"), no_space, msg),
+        )
+    }
+
+    /// A group commit's failure as each of its callers sees it.
+    fn commit_failed(&self, op: &'static str, path: &Path, no_space: bool, msg: String) -> Error {
+        if no_space {
+            Error::NoSpace { path: path.to_path_buf() }
+        } else {
+            Error::Io { op, path: path.to_path_buf(), source: std::io::Error::other(msg) }
+        }
     }
 
     pub(crate) fn check_writable(&self) -> Result<()> {
@@ -607,50 +616,11 @@ impl Inner {
     /// catalog fsync (DESIGN.md "Lifecycle: create"). Without this, streams that open together
     /// (a server restart, a site reconnecting) would queue behind two fsyncs each.
     fn register_segment(&self, camera: &str, key: &DataKey, now: i64) -> Result<SegmentId> {
-        let slot: CreationSlot = Arc::new(Mutex::new(None));
-        let lead = {
-            let mut b = self.creations.lock().map_err(|_| Error::Poisoned("creation lock".into()))?;
-            b.waiting.push(Creation { camera: camera.to_string(), key: key.clone(), created_us: now, slot: slot.clone() });
-            !std::mem::replace(&mut b.leading, true)
-        };
-        if lead {
-            loop {
-                let batch = {
-                    let mut b = self.creations.lock().map_err(|_| Error::Poisoned("creation lock".into()))?;
-                    if b.waiting.is_empty() {
-                        b.leading = false;
-                        break;
-                    }
-                    std::mem::take(&mut b.waiting)
-                };
-                let outcome = self.commit_creations(&batch);
-                // Results are published under the creations lock, which a follower holds from
-                // checking its slot until it waits: no wake-up is lost.
-                let _b = self.creations.lock().map_err(|_| Error::Poisoned("creation lock".into()))?;
-                for (i, c) in batch.iter().enumerate() {
-                    if let Ok(mut s) = c.slot.lock() {
-                        *s = Some(match &outcome {
-                            Ok(ids) => Ok(ids[i]),
-                            Err(e) => Err((e.is_no_space(), e.to_string())),
-                        });
-                    }
-                }
-                self.creations_done.notify_all();
-            }
-        }
-        let mut b = self.creations.lock().map_err(|_| Error::Poisoned("creation lock".into()))?;
-        loop {
-            if let Some(r) = slot.lock().ok().and_then(|mut s| s.take()) {
-                return r.map_err(|(no_space, msg)| {
-                    if no_space {
-                        Error::NoSpace { path: self.config.key_dir.clone() }
-                    } else {
-                        Error::Io { op: "register new segment", path: self.config.key_dir.clone(), source: std::io::Error::other(msg) }
-                    }
-                });
-            }
-            b = self.creations_done.wait(b).map_err(|_| Error::Poisoned("creation lock".into()))?;
-        }
+        self.creations.submit(
+            Creation { camera: camera.to_string(), key: key.clone(), created_us: now },
+            |batch| self.commit_creations(batch),
+            |no_space, msg| self.commit_failed("register new segment", &self.config.key_dir, no_space, msg),
+        )
     }
 
     /// One batch of creations: keys (one fsync), then Open records (one fsync).
@@ -732,5 +702,56 @@ impl Inner {
 
     pub(crate) fn seg_root(&self) -> &Path {
         &self.seg_root
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{CrashMode, MemVfs};
+    use crate::{FrameIn, SimClock};
+
+    /// Streams closing together share catalog commits, and each close returns only once its
+    /// Sealed record is durable: after a crash that loses everything unsynced, the catalog
+    /// still names every segment sealed (nothing is left for recovery to re-seal).
+    #[test]
+    fn streams_closing_together_each_return_with_their_sealed_record_durable() {
+        const STREAMS: usize = 24;
+        let vfs = MemVfs::new();
+        let mut cfg = StoreConfig::new("/data");
+        cfg.key_dir = PathBuf::from("/keys");
+        cfg.kek_dir = PathBuf::from("/kek");
+        cfg.flush = FlushPolicy::OsWriteBack;
+        cfg.sweep_interval = None;
+        let t0 = 1_767_225_600_000_000i64;
+        let env = || Env { vfs: Arc::new(vfs.clone()), clock: Arc::new(SimClock::new(t0)), kek: None };
+        let store = Store::open_with(cfg.clone(), env()).expect("open");
+        let writers: Vec<StreamWriter> = (0..STREAMS)
+            .map(|i| {
+                let mut w = store.open_stream(&format!("cam-{i:02}"), Codec::H264, b"cfg").expect("stream");
+                for n in 0..10i64 {
+                    w.append(FrameIn { ts_us: t0 + n * 40_000, pts_90k: None, key: n == 0, payload: &[i as u8 + 1; 300] }).expect("append");
+                }
+                w
+            })
+            .collect();
+        let start = Arc::new(std::sync::Barrier::new(STREAMS));
+        std::thread::scope(|s| {
+            for w in writers {
+                let start = start.clone();
+                s.spawn(move || {
+                    start.wait();
+                    w.close().expect("close");
+                });
+            }
+        });
+        drop(store);
+        let image = vfs.crash(CrashMode::LoseUnsynced);
+        let loaded = Catalog::open(&(Arc::new(image) as Arc<dyn Vfs>), Path::new("/data/catalog")).expect("catalog");
+        assert_eq!(loaded.entries.len(), STREAMS);
+        for (id, e) in &loaded.entries {
+            let sealed = e.sealed.as_ref().unwrap_or_else(|| panic!("segment {} of {} has no durable Sealed record", id.0, e.camera));
+            assert_eq!(sealed.frame_count, 10, "{}", e.camera);
+        }
     }
 }
