@@ -290,7 +290,8 @@ fn each_parallel<S: Send, E: Send>(items: Vec<S>, threads: usize, f: impl Fn(S) 
     std::thread::scope(|s| {
         let f = &f;
         let handles: Vec<_> = parts.into_iter().map(|part| s.spawn(move || part.into_iter().try_for_each(f))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(Ok(()))).collect::<Result<Vec<()>, E>>().map(|_| ())
+        // A panicking thread's panic goes on: a close that panicked did not succeed.
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect::<Result<Vec<()>, E>>().map(|_| ())
     })
 }
 
