@@ -327,6 +327,10 @@ pub struct ExportResult {
     pub engine_read: Duration,
     /// Whether the page cache was dropped before each read (asked for, and root).
     pub cold: bool,
+    /// CPU seconds of the export: the server process's, and the receiving client's.
+    pub export_cpu_s: (f64, f64),
+    /// CPU seconds of the raw read and of the library read.
+    pub read_cpu_s: (f64, f64),
 }
 
 /// Drops the page cache (needs root); false where it cannot.
@@ -413,6 +417,7 @@ pub fn run_export(
     let to_us = t0 + frames as i64 * frame_us;
     let drop_if_cold = || cold && drop_caches();
     let cold = drop_if_cold();
+    let (server_cpu0, client_cpu0) = (server.cpu_seconds(), cpu_seconds());
     let start = Instant::now();
     let mp4_bytes = rt.block_on(async {
         let mut c = proto::export_client::ExportClient::new(connect(&url).await?)
@@ -435,8 +440,10 @@ pub fn run_export(
         Ok::<_, String>(bytes)
     })?;
     let export = start.elapsed();
+    let export_cpu_s = (server.cpu_seconds() - server_cpu0, cpu_seconds() - client_cpu0);
     server.stop()?;
     drop_if_cold();
+    let cpu0 = cpu_seconds();
     let start = Instant::now();
     let mut buf = vec![0u8; 1 << 20];
     for f in &files {
@@ -444,8 +451,10 @@ pub fn run_export(
         while file.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
     }
     let raw_read = start.elapsed();
+    let raw_cpu_s = cpu_seconds() - cpu0;
     let store = open_stopped_store(&data)?;
     drop_if_cold();
+    let cpu0 = cpu_seconds();
     let start = Instant::now();
     let mut read_frames = 0u64;
     for item in store.read(&camera, t0, to_us).map_err(|e| e.to_string())? {
@@ -454,8 +463,9 @@ pub fn run_export(
         }
     }
     let engine_read = start.elapsed();
+    let read_cpu_s = (raw_cpu_s, cpu_seconds() - cpu0);
     if read_frames != frames {
         return Err(format!("export clip: read back {read_frames} of {frames} frames"));
     }
-    Ok(ExportResult { seconds, segment_bytes, mp4_bytes, export, raw_read, engine_read, cold })
+    Ok(ExportResult { seconds, segment_bytes, mp4_bytes, export, raw_read, engine_read, cold, export_cpu_s, read_cpu_s })
 }

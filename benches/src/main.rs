@@ -3,7 +3,8 @@
 //! ```text
 //! cargo build --release -p camvault-server -p camvault-benches
 //! ./target/release/camvault-bench [--smoke] [--dir DIR] [--streams 1,64,1000] [--seconds N] [--4k]
-//!     [--flush interval|gop|os] [--no-grpc] [--no-extras] [--ramp 250,500,...] [--export-seconds N] [--warm]
+//!     [--flush interval|gop|os] [--no-grpc] [--no-extras] [--extras export,ramp,erase,index] [--ramp 250,500,...]
+//!     [--export-seconds N] [--warm]
 //!     [--keys N] [--erase-segments N] [--repeat N]
 //! ```
 //!
@@ -26,6 +27,8 @@ const USAGE: &str = "usage: camvault-bench [options]
   --no-grpc               skip the through-the-server runs (they start `camvault serve` from
                           beside this binary, or CAMVAULT_BIN)
   --no-extras             only the ingest tables (no ramp, export, erasure, index, recovery)
+  --extras export,ramp,erase,index
+                          which figures to run after the ingest tables (default: all four)
   --ramp 250,500,...      paced stream counts for the ramp (stops at the first step past the bound)
   --export-seconds N      length of the exported clip (default 3600; needs ffmpeg)
   --warm                  export with a warm page cache (default: dropped before each read, as root)
@@ -180,7 +183,9 @@ fn main() {
     if args.iter().any(|a| a == "--no-extras") {
         return;
     }
-    if let Ok(bin) = &server_bin {
+    let extras = arg("--extras");
+    let extra = |name: &str| extras.as_deref().is_none_or(|list| list.split(',').any(|x| x == name));
+    if let (Ok(bin), true) = (&server_bin, extra("export")) {
         let seconds: u32 = arg("--export-seconds").and_then(|s| s.parse().ok()).unwrap_or(if smoke { 4 } else { 3600 });
         export(bin, &base, seconds, !args.iter().any(|a| a == "--warm"));
     }
@@ -191,9 +196,15 @@ fn main() {
             vec![250, 500, 1000, 1500, 2000, 3000]
         }
     });
-    ramp(&base, profile, &steps, if smoke { 2 } else { 10 }, &payload);
-    erase_costs(&base, smoke, &arg("--keys"), &arg("--erase-segments"));
-    index_and_recovery(&base, smoke, &payload);
+    if extra("ramp") {
+        ramp(&base, profile, &steps, if smoke { 2 } else { 10 }, &payload);
+    }
+    if extra("erase") {
+        erase_costs(&base, smoke, &arg("--keys"), &arg("--erase-segments"));
+    }
+    if extra("index") {
+        index_and_recovery(&base, smoke, &payload);
+    }
     print_host_reported(reporting0);
 }
 
@@ -322,24 +333,33 @@ fn export(bin: &std::path::Path, base: &std::path::Path, seconds: u32, cold: boo
     };
     println!();
     println!(
-        "| export of {} s of 4 Mbit/s H.264 ({:.2} GB of segments, {cache}) | s | MB/s of segments | ratio to raw read |",
+        "| export of {} s of 4 Mbit/s H.264 ({:.2} GB of segments, {cache}) | s | MB/s of segments | ratio to raw read | CPU s/GB |",
         r.seconds,
         r.segment_bytes as f64 / 1e9
     );
-    println!("|---|---:|---:|---:|");
-    println!("| raw read of the segment files | {:.2} | {:.0} | 1.00 |", r.raw_read.as_secs_f64(), mb_s(r.raw_read));
+    println!("|---|---:|---:|---:|---|");
+    let gb = r.segment_bytes as f64 / 1e9;
     println!(
-        "| library read (decrypt, verify) | {:.2} | {:.0} | {:.2} |",
-        r.engine_read.as_secs_f64(),
-        mb_s(r.engine_read),
-        r.raw_read.as_secs_f64() / r.engine_read.as_secs_f64()
+        "| raw read of the segment files | {:.2} | {:.0} | 1.00 | {:.2} |",
+        r.raw_read.as_secs_f64(),
+        mb_s(r.raw_read),
+        r.read_cpu_s.0 / gb
     );
     println!(
-        "| export over gRPC ({:.2} GB of MP4, hashed, signed manifest) | {:.2} | {:.0} | {:.2} |",
+        "| library read (decrypt, verify) | {:.2} | {:.0} | {:.2} | {:.2} |",
+        r.engine_read.as_secs_f64(),
+        mb_s(r.engine_read),
+        r.raw_read.as_secs_f64() / r.engine_read.as_secs_f64(),
+        r.read_cpu_s.1 / gb
+    );
+    println!(
+        "| export over gRPC ({:.2} GB of MP4, hashed, signed manifest) | {:.2} | {:.0} | {:.2} | {:.2} server + {:.2} client |",
         r.mp4_bytes as f64 / 1e9,
         r.export.as_secs_f64(),
         mb_s(r.export),
-        r.raw_read.as_secs_f64() / r.export.as_secs_f64()
+        r.raw_read.as_secs_f64() / r.export.as_secs_f64(),
+        r.export_cpu_s.0 / gb,
+        r.export_cpu_s.1 / gb
     );
 }
 
