@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use camvault_benches::noise;
+use camvault_server::digest::DigestAlgorithm;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use storage_core::io::{MemVfs, Vfs};
 use storage_core::{Codec, Env, FlushPolicy, FrameIn, SimClock, Store, StoreConfig};
@@ -114,7 +115,8 @@ fn index(c: &mut Criterion) {
 
 /// The engine's per-record cipher work, bare: AES-256-GCM in place with a 12-byte nonce and a
 /// 32-byte AAD (`ring`, as `SegmentCipher::seal`), and the record CRC32, beside a plain copy of
-/// the same bytes. SHA-256 (export manifests) from `sha2`, which the server uses, and `ring`.
+/// the same bytes. The export manifest's digests as the server computes them (BLAKE3, the
+/// default, and SHA-256 from `sha2`), and `ring`'s SHA-256 for comparison.
 fn encrypt(c: &mut Criterion) {
     use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
     let mut g = c.benchmark_group("encrypt");
@@ -135,8 +137,16 @@ fn encrypt(c: &mut Criterion) {
             })
         });
         g.bench_function(BenchmarkId::new("crc32", size), |b| b.iter(|| crc32fast::hash(&buf)));
-        g.bench_function(BenchmarkId::new("sha256_sha2", size), |b| b.iter(|| <sha2::Sha256 as sha2::Digest>::digest(&buf)));
         g.bench_function(BenchmarkId::new("sha256_ring", size), |b| b.iter(|| ring::digest::digest(&ring::digest::SHA256, &buf)));
+        for alg in [DigestAlgorithm::Blake3, DigestAlgorithm::Sha256] {
+            g.bench_function(BenchmarkId::new(format!("export_digest_{}", alg.name()), size), |b| {
+                b.iter(|| {
+                    let mut h = alg.hasher();
+                    h.update(&buf);
+                    h.finalize_hex()
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -309,26 +309,37 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) ->
     Ok((run, server_cpu))
 }
 
-/// One clip's export against raw reads of its ciphertext.
+/// One export of the clip over gRPC.
 #[derive(Debug, Clone, Copy)]
+pub struct ExportRun {
+    /// The manifest's digest algorithm.
+    pub digest: &'static str,
+    /// Bytes of the MP4 the export produced.
+    pub mp4_bytes: u64,
+    /// From the request to the signed manifest; page cache dropped first when cold.
+    pub elapsed: Duration,
+    /// CPU seconds of the server process, and of the receiving client.
+    pub cpu_s: (f64, f64),
+}
+
+/// Digests the export figure runs with: the default first.
+pub const EXPORT_DIGESTS: [&str; 2] = ["blake3", "sha256"];
+
+/// One clip's export against raw reads of its ciphertext.
+#[derive(Debug, Clone)]
 pub struct ExportResult {
     /// Seconds of video in the clip.
     pub seconds: u32,
     /// Bytes of the clip's segment files (ciphertext, framing, sidecars excluded).
     pub segment_bytes: u64,
-    /// Bytes of the MP4 the export produced.
-    pub mp4_bytes: u64,
-    /// Export over gRPC, from the request to the signed manifest; page cache dropped first
-    /// when `cold`.
-    pub export: Duration,
+    /// Exports over gRPC, one per digest of [`EXPORT_DIGESTS`].
+    pub exports: Vec<ExportRun>,
     /// `cat` of the same segment files; page cache dropped first when `cold`.
     pub raw_read: Duration,
     /// The library's decrypting reader over the same range, same cache state.
     pub engine_read: Duration,
     /// Whether the page cache was dropped before each read (asked for, and root).
     pub cold: bool,
-    /// CPU seconds of the export: the server process's, and the receiving client's.
-    pub export_cpu_s: (f64, f64),
     /// CPU seconds of the raw read and of the library read.
     pub read_cpu_s: (f64, f64),
 }
@@ -416,31 +427,38 @@ pub fn run_export(
     let segment_bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let to_us = t0 + frames as i64 * frame_us;
     let drop_if_cold = || cold && drop_caches();
-    let cold = drop_if_cold();
-    let (server_cpu0, client_cpu0) = (server.cpu_seconds(), cpu_seconds());
-    let start = Instant::now();
-    let mp4_bytes = rt.block_on(async {
-        let mut c = proto::export_client::ExportClient::new(connect(&url).await?)
-            .max_decoding_message_size(camvault_server::server::MESSAGE_BYTES_MAX);
-        let access = proto::Access { purpose: "benchmark: export throughput".into(), ..Default::default() };
-        let req = proto::ExportRequest { camera: camera.clone(), from_us: t0, to_us, access: Some(access) };
-        let mut s = c.export_clip(authed(req, &server.admin)?).await.map_err(|e| format!("ExportClip: {e}"))?.into_inner();
-        let mut bytes = 0u64;
-        let mut manifest = false;
-        while let Some(chunk) = s.message().await.map_err(|e| format!("ExportClip: {e}"))? {
-            match chunk.part {
-                Some(proto::export_chunk::Part::Mp4(b)) => bytes += b.len() as u64,
-                Some(proto::export_chunk::Part::Manifest(_)) => manifest = true,
-                None => {}
+    let mut exports = Vec::new();
+    let mut cold = cold;
+    for digest in EXPORT_DIGESTS {
+        cold = drop_if_cold();
+        let (server_cpu0, client_cpu0) = (server.cpu_seconds(), cpu_seconds());
+        let start = Instant::now();
+        let mp4_bytes = rt.block_on(async {
+            let mut c = proto::export_client::ExportClient::new(connect(&url).await?)
+                .max_decoding_message_size(camvault_server::server::MESSAGE_BYTES_MAX);
+            let access = proto::Access { purpose: "benchmark: export throughput".into(), ..Default::default() };
+            let req = proto::ExportRequest { camera: camera.clone(), from_us: t0, to_us, access: Some(access), digest: digest.into() };
+            let mut s = c.export_clip(authed(req, &server.admin)?).await.map_err(|e| format!("ExportClip: {e}"))?.into_inner();
+            let mut bytes = 0u64;
+            let mut manifest = None;
+            while let Some(chunk) = s.message().await.map_err(|e| format!("ExportClip: {e}"))? {
+                match chunk.part {
+                    Some(proto::export_chunk::Part::Mp4(b)) => bytes += b.len() as u64,
+                    Some(proto::export_chunk::Part::Manifest(m)) => manifest = Some(m),
+                    None => {}
+                }
             }
-        }
-        if !manifest {
-            return Err("the export ended without its signed manifest".to_string());
-        }
-        Ok::<_, String>(bytes)
-    })?;
-    let export = start.elapsed();
-    let export_cpu_s = (server.cpu_seconds() - server_cpu0, cpu_seconds() - client_cpu0);
+            let m = manifest.ok_or("the export ended without its signed manifest")?;
+            let json: serde_json::Value = serde_json::from_str(&m.json).map_err(|e| format!("manifest: {e}"))?;
+            if json["digest_algorithm"] != digest {
+                return Err(format!("asked for a {digest} manifest, got {}", json["digest_algorithm"]));
+            }
+            Ok::<_, String>(bytes)
+        })?;
+        let elapsed = start.elapsed();
+        let cpu_s = (server.cpu_seconds() - server_cpu0, cpu_seconds() - client_cpu0);
+        exports.push(ExportRun { digest, mp4_bytes, elapsed, cpu_s });
+    }
     server.stop()?;
     drop_if_cold();
     let cpu0 = cpu_seconds();
@@ -467,5 +485,5 @@ pub fn run_export(
     if read_frames != frames {
         return Err(format!("export clip: read back {read_frames} of {frames} frames"));
     }
-    Ok(ExportResult { seconds, segment_bytes, mp4_bytes, export, raw_read, engine_read, cold, export_cpu_s, read_cpu_s })
+    Ok(ExportResult { seconds, segment_bytes, exports, raw_read, engine_read, cold, read_cpu_s })
 }

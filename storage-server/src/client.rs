@@ -238,7 +238,10 @@ async fn export(args: &Args) -> Result<(), String> {
     let from_us = time_arg(args, "--from", 0)?;
     let to_us = time_arg(args, "--to", i64::MAX)?;
     let mut c = proto::export_client::ExportClient::new(connect(args).await?).max_decoding_message_size(crate::server::MESSAGE_BYTES_MAX);
-    let mut s = c.export_clip(proto::ExportRequest { camera, from_us, to_us, access: Some(access(args)?) }).await.map_err(st)?.into_inner();
+    let digest = args.value("--digest").unwrap_or_default().to_string();
+    crate::digest::DigestAlgorithm::parse(&digest)?;
+    let req = proto::ExportRequest { camera, from_us, to_us, access: Some(access(args)?), digest };
+    let mut s = c.export_clip(req).await.map_err(st)?.into_inner();
     let tmp = format!("{out}.part");
     let mut f = std::fs::File::create(&tmp).map_err(|e| format!("cannot create {tmp}: {e}"))?;
     let started = Instant::now();
@@ -280,10 +283,10 @@ fn verify_export(args: &Args) -> Result<(), String> {
         return Err("the manifest's signature does not verify: it was altered or signed by another key".into());
     }
     let m: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(Path::new(file)).map_err(|e| format!("{file}: {e}"))?;
-    let digest = crate::state::sha256_hex(&bytes);
-    if m["file_sha256"].as_str() != Some(digest.as_str()) {
-        return Err(format!("{file} does not match the manifest: SHA-256 {digest}, manifest says {}", m["file_sha256"]));
+    let (alg, stated) = crate::digest::stated_digest(&m)?;
+    let digest = alg.file_hex(Path::new(file)).map_err(|e| format!("{file}: {e}"))?;
+    if digest != stated {
+        return Err(format!("{file} does not match the manifest: {} {digest}, manifest says {stated}", alg.name()));
     }
     println!(
         "OK: {file} is the export of camera {} [{} .. {}) by {} for {} (purpose: {}, approval: {})",

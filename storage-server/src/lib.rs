@@ -7,6 +7,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod conn;
+pub mod digest;
 pub mod h26x;
 pub mod metrics;
 pub mod mp4;

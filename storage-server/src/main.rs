@@ -14,7 +14,7 @@
 
 mod client;
 
-use camvault_server::{h26x, metrics, mp4_in, now_us, proto, server, state, time};
+use camvault_server::{digest, h26x, metrics, mp4_in, now_us, proto, server, time};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,7 +69,7 @@ const USAGE: &str = "usage: camvault <command> [options]
   ingest FILE --camera ID [--fps 25] [--fast] [--codec h264|h265]
   recordings --camera ID [--from T] [--to T]
   play --camera ID --from T --to T --purpose P [--follow] [--requester R] [--approval REF] [--justification emergency|repair|written-request --document REF]
-  export --camera ID --from T --to T --out FILE.mp4 --purpose P [--requester R] [--approval REF] [...]
+  export --camera ID --from T --to T --out FILE.mp4 --purpose P [--requester R] [--approval REF] [--digest blake3|sha256] [...]
   hold place --case REF --cameras a,b --from T --to T --reason R | hold release --id N --reason R | hold list [--all]
   retention get --camera ID | retention set --camera ID --days N [--reason R] | retention sweep
   audit query [--actor A] [--action A] [--camera C] [--from T] [--to T] [--limit N] | audit verify

@@ -154,6 +154,20 @@ fn frames_in(file: &Path) -> u64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
 
+/// The digest algorithm and hex digest a saved manifest states for its file.
+fn stated_digest(manifest_file: &str) -> (String, String) {
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest_file).expect("manifest")).expect("json");
+    let m: serde_json::Value = serde_json::from_str(doc["manifest"].as_str().expect("manifest text")).expect("manifest json");
+    (m["digest_algorithm"].as_str().unwrap_or_default().to_string(), m["file_digest"].as_str().unwrap_or_default().to_string())
+}
+
+/// A file's digest as a standard command-line tool prints it (`b3sum`, `sha256sum`).
+fn tool_digest(tool: &str, file: &Path) -> String {
+    let out = Command::new(tool).arg(file).output().unwrap_or_else(|e| panic!("{tool} (Debian package b3sum / coreutils): {e}"));
+    assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}
+
 #[test]
 fn ingest_list_play_export_verify_h264_and_h265() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -185,6 +199,17 @@ fn ingest_list_play_export_verify_h264_and_h265() {
         assert!(dec.status.success() && dec.stderr.is_empty(), "{cam} decodes without error: {}", String::from_utf8_lossy(&dec.stderr));
         let manifest = format!("{m}.manifest.json");
         ok(&s, &op, &["verify-export", m, &manifest]);
+        // The manifest's digest is the one standard tools compute: BLAKE3 by default (b3sum),
+        // SHA-256 when asked for (sha256sum).
+        assert_eq!(stated_digest(&manifest), ("blake3".to_string(), tool_digest("b3sum", &mp4)), "{cam}");
+        let sha_mp4 = dir.path().join(format!("{cam}-sha256.mp4"));
+        let sm = sha_mp4.to_str().expect("utf8");
+        let export = ["export", "--camera", cam, "--from", T0, "--to", T1, "--out", sm, "--purpose", "incident", "--digest", "sha256"];
+        ok(&s, &op, &export);
+        let sha_manifest = format!("{sm}.manifest.json");
+        ok(&s, &op, &["verify-export", sm, &sha_manifest]);
+        assert_eq!(stated_digest(&sha_manifest), ("sha256".to_string(), tool_digest("sha256sum", &sha_mp4)), "{cam}");
+        assert_eq!(std::fs::read(&sha_mp4).expect("mp4"), std::fs::read(&mp4).expect("mp4"), "{cam}: the digest changes only the manifest");
         // One changed byte is caught.
         let mut bytes = std::fs::read(&mp4).expect("mp4");
         let mid = bytes.len() / 2;
@@ -282,9 +307,15 @@ fn authorisation_matrix_and_audit_of_every_read() {
     assert_eq!(entries.iter().filter(|e| e["action"] == "video.read").count(), 6, "{reads}");
     assert!(entries.iter().any(|e| e["actor"] == "admin" && e["justification"] == "written_request:CV-77/2026"));
     assert!(entries.iter().any(|e| e["actor"] == "op1" && e["approval_ref"] == "UBND-123" && e["cameras"][0] == "cam-u2"));
-    let export = entries.iter().find(|e| e["action"] == "video.export").expect("export audited");
-    assert_eq!(export["requester"], "court-7");
-    assert_eq!(export["detail"]["sha256"].as_str().map(str::len), Some(64));
+    // The export: one entry before its first byte, one with the signed manifest's digest.
+    let export = entries.iter().position(|e| e["action"] == "video.export").expect("export audited");
+    let manifest = entries.iter().position(|e| e["action"] == "video.export.manifest").expect("manifest audited");
+    assert!(export < manifest, "{reads}");
+    for e in [&entries[export], &entries[manifest]] {
+        assert_eq!(e["requester"], "court-7");
+        assert_eq!(e["detail"]["digest_algorithm"], "blake3");
+    }
+    assert_eq!(entries[manifest]["detail"]["digest"].as_str().map(str::len), Some(64));
     let logins = ok(&s, &auditor, &["audit", "query", "--action", "login"]);
     assert!(logins.lines().count() >= 4);
     // Prometheus metrics count the frames in and the refusals.

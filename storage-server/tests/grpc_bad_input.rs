@@ -166,7 +166,60 @@ fn bad_publishers_get_clear_statuses_and_lose_nothing() {
         call.abort();
         drop(tx);
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        // An export asking for a digest the server does not offer is refused, naming it.
+        let op_bearer: MetadataValue<_> = format!("Bearer {op}").parse().expect("header");
+        let mut export = proto::export_client::ExportClient::with_interceptor(ch.clone(), move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", op_bearer.clone());
+            Ok(r)
+        });
+        let access = proto::Access { purpose: "check".into(), ..Default::default() };
+        let req = proto::ExportRequest {
+            camera: "cam-1".into(),
+            from_us: T0,
+            to_us: T0 + 60_000_000,
+            access: Some(access),
+            digest: "md5".into(),
+        };
+        let refused = export.export_clip(req.clone()).await.expect_err("an unknown digest is refused");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("md5"), "{refused:?}");
+        // The same request with a digest it offers goes through (the refusal was the digest's).
+        let mut stream = export.export_clip(proto::ExportRequest { digest: "sha256".into(), ..req }).await.expect("export").into_inner();
+        let mut manifest = None;
+        while let Some(chunk) = stream.message().await.expect("chunk") {
+            if let Some(proto::export_chunk::Part::Manifest(m)) = chunk.part {
+                manifest = Some(m.json);
+            }
+        }
+        assert!(manifest.expect("manifest").contains("\"digest_algorithm\":\"sha256\""));
+        // A client that abandons an export after its first message: the read is audited all
+        // the same. 40 MiB of video is far more than the server's queues and the connection's
+        // windows hold, so the export cannot have finished behind the client's back.
+        let t5 = T0 + 18_000_000_000;
+        let big: Vec<_> =
+            std::iter::once(open("cam-1", h264, h264_config())).chain((0..8).map(|n| frame(t5 + n * 40_000, n == 0, 5 << 20))).collect();
+        assert_eq!(publish(client(), big).await, (Code::Ok, 8));
+        let access = proto::Access { purpose: "abandoned export".into(), ..Default::default() };
+        let req = proto::ExportRequest {
+            camera: "cam-1".into(),
+            from_us: t5,
+            to_us: t5 + 60_000_000,
+            access: Some(access),
+            digest: String::new(),
+        };
+        let mut stream = export.export_clip(req).await.expect("export").into_inner();
+        assert!(stream.message().await.expect("first chunk").is_some());
+        drop(stream);
     });
+    let auditor = cli(&addr, &admin, &["token", "create", "--name", "aud", "--unit", "inspectorate", "--roles", "auditor"]);
+    let exports = cli(&addr, &auditor, &["audit", "query", "--action", "video.export"]);
+    let abandoned: Vec<serde_json::Value> = exports
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|e| e["purpose"] == "abandoned export")
+        .collect();
+    assert_eq!(abandoned.len(), 1, "{exports}");
+    assert_eq!(abandoned[0]["action"], "video.export", "no manifest for an export that did not finish: {exports}");
     // Everything accepted is there; the server still serves: 50 + 2 (out-of-order stream) +
     // 1 (5 MiB frame) + the 10 of the vanished client (sealed when its stream ended).
     let count = |from: &str, to: &str| -> u64 {
