@@ -41,6 +41,16 @@ impl Profile {
     /// 4K-like: 16 Mbit/s, 25 fps, 2 s GOP (I-frames above 1 MiB).
     pub const UHD_16MBIT: Profile = Profile { bitrate_bps: 16_000_000, fps: 25, gop_frames: 50, key_ratio: 20 };
 
+    /// Seconds of video each of `streams` streams needs for a run to move at least `min_bytes`
+    /// (whole GOPs), or `seconds` if that is more: a run of one stream for 20 s moves 10 MB in
+    /// a few tens of milliseconds, which measures the fixed costs of a call and not its rate.
+    pub fn seconds_for(&self, streams: usize, seconds: u32, min_bytes: u64) -> u32 {
+        let per_second = (self.bitrate_bps / 8).max(1) * streams.max(1) as u64;
+        let gop_s = (self.gop_frames / self.fps.max(1)).max(1);
+        let needed = min_bytes.div_ceil(per_second).div_ceil(u64::from(gop_s)) * u64::from(gop_s);
+        seconds.max(u32::try_from(needed).unwrap_or(u32::MAX))
+    }
+
     /// Size of frame `n` of a stream whose GOP starts at `phase`: large key frames, small
     /// predicted frames, jittered ±12% deterministically.
     pub fn frame_bytes(&self, n: u64, phase: u32) -> (usize, bool) {
@@ -697,6 +707,31 @@ pub fn run_recovery(dir: &Path, streams: usize, seconds: u32, payload: &[u8]) ->
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn publish_calls_spread_over_a_few_connections_within_the_servers_limit() {
+        use crate::grpc::connections_for;
+        let limit = camvault_server::server::CALLS_PER_CONNECTION_MAX;
+        assert_eq!(connections_for(1), 1);
+        assert_eq!(connections_for(64), 8);
+        assert_eq!(connections_for(1000), 8);
+        for streams in [1, 7, 64, 1000, 2000, 2049, 4000] {
+            let c = connections_for(streams);
+            assert!(streams.div_ceil(c) <= limit, "{streams} streams over {c} connections");
+        }
+        assert_eq!(connections_for(4000), 4000usize.div_ceil(limit));
+    }
+
+    #[test]
+    fn runs_are_lengthened_to_move_the_minimum_bytes_in_whole_gops() {
+        let hd = super::Profile::HD_4MBIT; // 500 kB/s, 1 s GOP
+        assert_eq!(hd.seconds_for(1, 20, 1_000_000_000), 2000);
+        assert_eq!(hd.seconds_for(64, 20, 1_000_000_000), 32); // 31.25 s, rounded up
+        assert_eq!(hd.seconds_for(1000, 20, 1_000_000_000), 20); // 20 s already move 10 GB
+        assert_eq!(hd.seconds_for(1, 20, 0), 20);
+        let uhd = super::Profile::UHD_16MBIT; // 2 MB/s, 2 s GOP
+        assert_eq!(uhd.seconds_for(1, 3, 9_000_000), 6); // 4.5 s, rounded up to whole GOPs
+    }
+
     use super::{each_parallel, split};
 
     #[test]

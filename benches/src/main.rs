@@ -22,6 +22,9 @@ use camvault_benches::{
 const USAGE: &str = "usage: camvault-bench [options]
   --streams 1,64,1000     stream counts to run (default 1,64,1000; smoke 1,8)
   --seconds N             seconds of video per stream (default 20; smoke 2)
+  --min-mb N              lengthen a stream count's runs until each moves at least N MB
+                          (default 1000; smoke 0): one stream for 20 s is 10 MB, which times
+                          a call's fixed costs and not its rate
   --4k                    16 Mbit/s, 2 s GOP streams instead of 4 Mbit/s, 1 s GOP
   --flush interval|gop|os group commit every 1 s (default), fsync per GOP, or OS write-back only
   --no-grpc               skip the through-the-server runs (they start `camvault serve` from
@@ -56,6 +59,7 @@ fn main() {
         }
     });
     let seconds: u32 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(if smoke { 2 } else { 20 });
+    let min_bytes: u64 = arg("--min-mb").and_then(|s| s.parse::<u64>().ok()).unwrap_or(if smoke { 0 } else { 1000 }) * 1_000_000;
     let repeat: usize = arg("--repeat").and_then(|s| s.parse().ok()).unwrap_or(1).clamp(1, REPEAT_MAX);
     let profile = if args.iter().any(|a| a == "--4k") { Profile::UHD_16MBIT } else { Profile::HD_4MBIT };
     let payload = noise(8 << 20);
@@ -66,10 +70,11 @@ fn main() {
         Some(other) => fail("--flush", format!("{other}: interval, gop or os")),
     };
     println!(
-        "camvault-bench: {} kbit/s, {} fps, GOP {} frames, {seconds} s of video per stream, durability {policy:?} (1 s period)",
+        "camvault-bench: {} kbit/s, {} fps, GOP {} frames, {seconds} s of video per stream (more where a run would move less than {} MB), durability {policy:?} (1 s period)",
         profile.bitrate_bps / 1000,
         profile.fps,
-        profile.gop_frames
+        profile.gop_frames,
+        min_bytes / 1_000_000
     );
     let reporting0 = camvault_benches::host_reporting();
     if let Some(r) = reporting0 {
@@ -79,9 +84,9 @@ fn main() {
         );
     }
     println!(
-        "| streams | raw MB/s | engine MB/s | engine/raw | fjall MB/s | engine/fjall | sequential MB/s | engine/seq | write amp engine (fjall) | RSS/stream KiB | CPU s/GB engine (raw, fjall) | frames verified engine, fjall | first frames (segment creation) s | final close s engine (raw) |"
+        "| streams | s of video each | raw MB/s | engine MB/s | engine/raw | fjall MB/s | engine/fjall | sequential MB/s | engine/seq | write amp engine (fjall) | RSS/stream KiB | CPU s/GB engine (raw, fjall) | frames verified engine, fjall | first frames (segment creation) s | final close s engine (raw) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
     // The server binary drives the through-the-server figures; without it they are skipped.
     let server_bin =
@@ -89,6 +94,7 @@ fn main() {
     let mut grpc_rows = Vec::new();
     let mut ratios = Vec::new();
     for (run, &n) in streams.iter().flat_map(|n| std::iter::repeat_n(n, repeat)).enumerate() {
+        let seconds = profile.seconds_for(n, seconds, min_bytes);
         let sc = Scenario { streams: n, profile, seconds, threads: 2, flush: Duration::from_secs(1), policy };
         let dir = base.join(format!("s{n}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -124,7 +130,7 @@ fn main() {
         failed |= !ok;
         ratios.push((n, eng.mb_s() / raw.mb_s(), eng.mb_s() / peer.mb_s()));
         println!(
-            "| {n} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.3} ({:.2}) | {} | {:.2} ({:.2}, {:.2}) | {}/{}, {}/{}{} | {:.2} | {:.2} ({:.2}) |",
+            "| {n} | {seconds} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.3} ({:.2}) | {} | {:.2} ({:.2}, {:.2}) | {}/{}, {}/{}{} | {:.2} | {:.2} ({:.2}) |",
             raw.mb_s(),
             eng.mb_s(),
             eng.mb_s() / raw.mb_s(),

@@ -256,7 +256,7 @@ fn serve(args: &Args) -> Result<(), String> {
         let serving = builder
             // Per-connection concurrency is bounded; deadlines come from each call's grpc-timeout
             // (a live publish stream has none), and silent publishers time out on their own.
-            .concurrency_limit_per_connection(256)
+            .concurrency_limit_per_connection(server::CALLS_PER_CONNECTION_MAX)
             // HTTP/2 receive windows sized for video: the 64 KiB protocol default lets a
             // publisher send one window per round trip, well under a camera's I-frame. The
             // connection window bounds what one client can have in flight.

@@ -22,6 +22,10 @@ use crate::mp4;
 use crate::proto;
 use crate::state::{load, new_secret, save, sha256_hex, CameraInfo, Cameras, Principal, Role, TokenRecord, Tokens};
 
+/// Calls one connection may have in flight; more wait for a slot (a publish call holds its
+/// slot for as long as its camera streams, so a client spreads its streams over connections).
+pub const CALLS_PER_CONNECTION_MAX: usize = 256;
+
 /// Largest gRPC message: a frame up to storage-core's 16 MiB limit plus framing. Raised
 /// deliberately so that 4K I-frames above the 4 MiB default ingest whole.
 pub const MESSAGE_BYTES_MAX: usize = storage_core::FRAME_BYTES_MAX + (64 << 10);
