@@ -4,9 +4,8 @@
 //! Why BLAKE3 by default: the digest is computed over every byte of the MP4 as it streams, and
 //! SHA-256 (2.0 GiB/s on one core here, with SHA-NI) cost as much CPU as reading, decrypting
 //! and muxing the clip together; BLAKE3 runs at 8-10 GiB/s on one core (criterion,
-//! `encrypt/export_digest_*`). Both are
-//! checked with standard tools (`b3sum`, Debian package b3sum; `sha256sum`, coreutils). Agencies
-//! whose procedures name SHA-256 ask for it per export.
+//! `encrypt/export_digest_*`). Both are checked with standard tools (`b3sum`, Debian package
+//! b3sum; `sha256sum`, coreutils). Agencies whose procedures name SHA-256 ask for it per export.
 
 use std::io::Read;
 use std::path::Path;
