@@ -172,14 +172,15 @@ fn bad_publishers_get_clear_statuses_and_lose_nothing() {
             r.metadata_mut().insert("authorization", op_bearer.clone());
             Ok(r)
         });
-        let access = proto::Access { purpose: "check".into(), ..Default::default() };
-        let req = proto::ExportRequest {
+        // A minute of cam-1 from `from_us`, for `purpose`, with the manifest digest `digest`.
+        let export_request = |from_us: i64, purpose: &str, digest: &str| proto::ExportRequest {
             camera: "cam-1".into(),
-            from_us: T0,
-            to_us: T0 + 60_000_000,
-            access: Some(access),
-            digest: "md5".into(),
+            from_us,
+            to_us: from_us + 60_000_000,
+            access: Some(proto::Access { purpose: purpose.into(), ..Default::default() }),
+            digest: digest.into(),
         };
+        let req = export_request(T0, "check", "md5");
         let refused = export.export_clip(req.clone()).await.expect_err("an unknown digest is refused");
         assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
         assert!(refused.message().contains("md5"), "{refused:?}");
@@ -199,15 +200,7 @@ fn bad_publishers_get_clear_statuses_and_lose_nothing() {
         let big: Vec<_> =
             std::iter::once(open("cam-1", h264, h264_config())).chain((0..8).map(|n| frame(t5 + n * 40_000, n == 0, 5 << 20))).collect();
         assert_eq!(publish(client(), big).await, (Code::Ok, 8));
-        let access = proto::Access { purpose: "abandoned export".into(), ..Default::default() };
-        let req = proto::ExportRequest {
-            camera: "cam-1".into(),
-            from_us: t5,
-            to_us: t5 + 60_000_000,
-            access: Some(access),
-            digest: String::new(),
-        };
-        let mut stream = export.export_clip(req).await.expect("export").into_inner();
+        let mut stream = export.export_clip(export_request(t5, "abandoned export", "")).await.expect("export").into_inner();
         assert!(stream.message().await.expect("first chunk").is_some());
         drop(stream);
     });
