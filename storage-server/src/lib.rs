@@ -9,6 +9,7 @@
 pub mod conn;
 pub mod digest;
 pub mod h26x;
+pub mod ingest;
 pub mod metrics;
 pub mod mp4;
 pub mod mp4_in;

@@ -268,7 +268,7 @@ fn serve(args: &Args) -> Result<(), String> {
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(proto::ingest_server::IngestServer::new(api.clone()).max_decoding_message_size(m).max_encoding_message_size(m))
+            .add_service(camvault_server::ingest::IngestService::new(api.clone()))
             .add_service(proto::catalog_server::CatalogServer::new(api.clone()))
             .add_service(proto::playback_server::PlaybackServer::new(api.clone()).max_encoding_message_size(m))
             .add_service(proto::export_server::ExportServer::new(api.clone()).max_encoding_message_size(m))

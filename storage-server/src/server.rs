@@ -14,7 +14,7 @@ use storage_core::{Clock, Codec, Error, FrameIn, ReadItem, Store, SystemClock};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use crate::digest::DigestAlgorithm;
 use crate::h26x;
@@ -288,11 +288,13 @@ impl Server {
 #[derive(Clone)]
 pub struct Api(pub Arc<Server>);
 
-#[tonic::async_trait]
-impl proto::ingest_server::Ingest for Api {
-    type PublishStream = BoxStream<proto::PublishResponse>;
-
-    async fn publish(&self, req: Request<Streaming<proto::PublishRequest>>) -> Result<Response<Self::PublishStream>, Status> {
+impl Api {
+    /// `camvault.v1.Ingest/Publish` over a call's decoded messages (`ingest.rs` decodes them
+    /// and answers the call).
+    pub async fn publish_messages<S>(&self, req: Request<S>) -> Result<Response<BoxStream<proto::PublishResponse>>, Status>
+    where
+        S: Stream<Item = Result<proto::PublishRequest, Status>> + Unpin + Send + 'static,
+    {
         let p = self.0.authenticate(&req)?;
         if let Err(e) = Server::require(&p, Role::Ingest) {
             self.0.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
