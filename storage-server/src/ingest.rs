@@ -38,6 +38,11 @@ const PUBLISH_PATH: &str = "/camvault.v1.Ingest/Publish";
 /// gRPC's message prefix: a compression flag (1 byte) and the message length (u32 BE).
 const MESSAGE_PREFIX_BYTES: usize = 5;
 
+/// Most of a stated message length reserved at once for a message cut across DATA frames: one
+/// allocation for any camera frame up to a 4K I-frame, while a client that states 16 MiB and
+/// sends little holds little (beyond this the buffer grows with what arrives).
+const SPLIT_RESERVE_BYTES_MAX: usize = 2 << 20;
+
 /// `camvault.v1.Ingest` as a service of the server's router.
 #[derive(Clone)]
 pub struct IngestService {
@@ -126,7 +131,7 @@ impl<B> PublishMessages<B> {
             return Ok(None);
         }
         let total = MESSAGE_PREFIX_BYTES + self.message_len(&self.split)?;
-        self.split.reserve(total - self.split.len());
+        self.split.reserve((total - self.split.len()).min(SPLIT_RESERVE_BYTES_MAX));
         self.take_into_split(total);
         if self.split.len() < total {
             return Ok(None);
@@ -306,6 +311,19 @@ mod tests {
         let e = got[2].as_ref().expect_err("oversized");
         assert_eq!(e.code(), tonic::Code::OutOfRange);
         assert!(e.message().contains("100001"), "{}", e.message());
+    }
+
+    /// A message cut across DATA frames that states 10 MiB holds about what has arrived plus
+    /// the bounded reserve, not the 10 MiB it states.
+    #[test]
+    fn a_stated_length_is_not_reserved_beyond_the_bound() {
+        let mut m = PublishMessages::new(Frames(VecDeque::new()), MESSAGE_BYTES_MAX);
+        let mut bytes = vec![0, 0x00, 0xa0, 0x00, 0x00]; // 10 MiB stated
+        bytes.extend_from_slice(&[0u8; 100]);
+        m.frame = Bytes::from(bytes);
+        assert!(m.next_message().expect("a legal length").is_none());
+        assert_eq!(m.split.len(), 105);
+        assert!(m.split.capacity() < SPLIT_RESERVE_BYTES_MAX + 1024, "reserved {} bytes", m.split.capacity());
     }
 
     /// A stream cut inside a message, a compressed or unknown flag, and bytes that are not a
