@@ -223,6 +223,20 @@ pub struct HostReporting {
     pub max_waiting_mib: u64,
     /// Memory reported to the host since boot.
     pub reported_kib: u64,
+    /// Order of the free blocks reported (2^order pages); `None` where the kernel does not
+    /// expose it.
+    pub order: Option<u64>,
+}
+
+/// Largest order of a free block in Linux's buddy allocator on x86-64 (4 MiB). A reporting
+/// order above it reports nothing: no free block is that large.
+pub const BUDDY_ORDER_MAX: u64 = 10;
+
+impl HostReporting {
+    /// Whether freed memory can no longer be reported (and so costs no host fault later).
+    pub fn is_off(&self) -> bool {
+        self.order.is_some_and(|o| o > BUDDY_ORDER_MAX)
+    }
 }
 
 /// Reads [`HostReporting`]; `None` on machines without it (bare metal, most VMs).
@@ -234,6 +248,7 @@ pub fn host_reporting() -> Option<HostReporting> {
         min_free_ms: read("min_free_ms")?,
         max_waiting_mib: read("max_waiting_mib")?,
         reported_kib: read("reported_kib")?,
+        order: read("page_reporting_order"),
     })
 }
 
@@ -732,7 +747,16 @@ mod tests {
         assert_eq!(uhd.seconds_for(1, 3, 9_000_000), 6); // 4.5 s, rounded up to whole GOPs
     }
 
-    use super::{each_parallel, split};
+    use super::{each_parallel, split, HostReporting, BUDDY_ORDER_MAX};
+
+    #[test]
+    fn host_reporting_is_off_only_above_the_largest_free_block() {
+        let r = |order| HostReporting { min_free_ms: 60_000, max_waiting_mib: 16_384, reported_kib: 0, order };
+        assert!(r(Some(BUDDY_ORDER_MAX + 1)).is_off());
+        assert!(!r(Some(9)).is_off(), "2 MiB blocks are reported");
+        assert!(!r(Some(BUDDY_ORDER_MAX)).is_off(), "4 MiB blocks exist");
+        assert!(!r(None).is_off(), "unknown order: assume reporting");
+    }
 
     #[test]
     fn split_keeps_order_and_every_item_in_at_most_the_given_parts() {

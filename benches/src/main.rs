@@ -84,11 +84,15 @@ fn main() {
         min_bytes / 1_000_000
     );
     let reporting0 = camvault_benches::host_reporting();
-    if let Some(r) = reporting0 {
-        println!(
-            "host free page reporting: min_free_ms {}, max_waiting_mib {}: freed memory goes back to the host and page-cache writes into it pay host faults (BENCHMARKS.md, \"Machine\")",
-            r.min_free_ms, r.max_waiting_mib
-        );
+    match reporting0 {
+        Some(r) if r.is_off() => println!("host free page reporting: off (page_reporting_order above the largest free block)"),
+        Some(r) => println!(
+            "host free page reporting: ON (min_free_ms {}, max_waiting_mib {}): freed memory goes back to the host and the next touch of it pays a host fault, about 2.5 us per page here, so runs can spend up to twice the CPU per GB; turn it off for the session: echo {} > /sys/module/page_reporting/parameters/page_reporting_order (BENCHMARKS.md, \"Machine\")",
+            r.min_free_ms,
+            r.max_waiting_mib,
+            camvault_benches::BUDDY_ORDER_MAX + 1
+        ),
+        None => {}
     }
     println!(
         "| streams | s of video each | raw MB/s | engine MB/s | engine/raw | fjall MB/s | engine/fjall | sequential MB/s | engine/seq | write amp engine (fjall) | RSS/stream KiB | CPU s/GB engine (raw, fjall) | frames verified engine, fjall | first frames (segment creation) s | final close s engine (raw) |"
