@@ -87,7 +87,7 @@ fn main() {
     match reporting0 {
         Some(r) if r.is_off() => println!("host free page reporting: off (page_reporting_order above the largest free block)"),
         Some(r) => println!(
-            "host free page reporting: ON (min_free_ms {}, max_waiting_mib {}): freed memory goes back to the host and the next touch of it pays a host fault, about 2.5 us per page here, so runs can spend up to twice the CPU per GB; turn it off for the session: echo {} > /sys/module/page_reporting/parameters/page_reporting_order (BENCHMARKS.md, \"Machine\")",
+            "host free page reporting: ON (min_free_ms {}, max_waiting_mib {}): freed memory goes back to the host and the next touch of it pays a host fault, about 7 us more per 4 KiB page here, so runs can spend twice the CPU per GB or more; turn it off for the session: echo {} > /sys/module/page_reporting/parameters/page_reporting_order (BENCHMARKS.md, \"Machine\")",
             r.min_free_ms,
             r.max_waiting_mib,
             camvault_benches::BUDDY_ORDER_MAX + 1
