@@ -280,7 +280,7 @@ pub fn run_grpc_ingest(bin: &Path, dir: &Path, sc: &Scenario, payload: &[u8]) ->
             .await
             .map_err(|_| format!("not every stream was set up within {} s (a publish call failed?)", PRIMING_TIMEOUT.as_secs()))?;
         // The page cache is the kernel's: warm pages freed here serve the server's writes too.
-        crate::warm_guest_memory(sc.nominal_bytes());
+        crate::start_line(&data, sc.nominal_bytes());
         let rss0 = rss_bytes();
         let server_cpu0 = server.cpu_seconds();
         let cpu0 = cpu_seconds() + server_cpu0;

@@ -213,6 +213,60 @@ pub fn warm_guest_memory(bytes: u64) {
     std::hint::black_box(&touched);
 }
 
+/// Longest [`settle_disk`] waits for the disk to finish discarding freed blocks.
+const SETTLE_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// How long the discard count must stay still for [`settle_disk`] to call the disk settled.
+const SETTLE_QUIET: Duration = Duration::from_millis(300);
+
+/// Discard requests completed by every block device (`/proc/diskstats`, field 15), and the
+/// requests in flight (field 12). `None` where the kernel does not report discards.
+fn discards_and_in_flight() -> Option<(u64, u64)> {
+    let stats = std::fs::read_to_string("/proc/diskstats").ok()?;
+    let mut sums = (0u64, 0u64);
+    for line in stats.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(in_flight), Some(discards)) = (f.get(11), f.get(14)) else { return None };
+        sums.0 += discards.parse::<u64>().ok()?;
+        sums.1 += in_flight.parse::<u64>().ok()?;
+    }
+    Some(sums)
+}
+
+/// Makes the file system under `dir` commit its journal (`sync -f`) and waits, at most
+/// [`SETTLE_WAIT_MAX`], until the disk has stopped discarding, so that a timed run does not
+/// pay for blocks an earlier run freed.
+///
+/// On a file system mounted with `discard` (as this machine's is), deleting a run's files
+/// discards their blocks only once the journal commits, in the background: a 10 GB run's
+/// deletion came out as some 500 discard requests in the middle of the next run's timed
+/// phase, where the disk's write rate fell from about 1.5 GB to 0.15 GB per half second
+/// (BENCHMARKS.md, History). Each side deletes its files after its run, so which side paid
+/// depended on the order.
+pub fn settle_disk(dir: &Path) {
+    let _ = std::process::Command::new("sync").arg("-f").arg(dir).status();
+    let deadline = Instant::now() + SETTLE_WAIT_MAX;
+    let Some(mut last) = discards_and_in_flight() else { return };
+    let mut still_since = Instant::now();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let Some(now) = discards_and_in_flight() else { return };
+        if now.0 != last.0 || now.1 > 0 {
+            still_since = Instant::now();
+        } else if still_since.elapsed() >= SETTLE_QUIET {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// What every side does just before its clock starts: [`settle_disk`], then
+/// [`warm_guest_memory`] for `bytes`.
+pub fn start_line(dir: &Path, bytes: u64) {
+    settle_disk(dir);
+    warm_guest_memory(bytes);
+}
+
 /// The guest's free page reporting (virtio-balloon), where the kernel exposes it: how soon
 /// freed memory goes back to the host, whose next touch of it then costs a host fault.
 #[derive(Debug, Clone, Copy)]
@@ -366,7 +420,7 @@ pub fn run_raw(dir: &Path, sc: &Scenario, payload: &[u8]) -> std::io::Result<Run
             Ok(Arc::new(RawFile { file, inner: Mutex::new((Vec::with_capacity(WRITE_BATCH_BYTES), 0)) }))
         })
         .collect::<std::io::Result<_>>()?;
-    warm_guest_memory(sc.nominal_bytes());
+    start_line(dir, sc.nominal_bytes());
     let rss0 = rss_bytes();
     let cpu0 = cpu_seconds();
     let io0 = disk_write_bytes();
@@ -391,19 +445,22 @@ pub fn run_raw(dir: &Path, sc: &Scenario, payload: &[u8]) -> std::io::Result<Run
     let mut close = Duration::ZERO;
     let result = std::thread::scope(|s| {
         let flusher = s.spawn(|| {
-            let mut last = Instant::now();
+            let mut pacer = storage_core::RoundPacer::new(sc.flush);
+            let mut next = Instant::now() + pacer.wait();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(5));
-                if sc.policy != Policy::Interval || last.elapsed() < sc.flush {
+                if sc.policy != Policy::Interval || Instant::now() < next {
                     continue;
                 }
-                last = Instant::now();
+                let round = Instant::now();
                 let chunk = files.len().div_ceil(4);
                 std::thread::scope(|s2| {
                     for part in files.chunks(chunk) {
                         s2.spawn(|| part.iter().for_each(|f| flush_one(f)));
                     }
                 });
+                pacer.finished(round.elapsed());
+                next = Instant::now() + pacer.wait();
             }
         });
         let states: Vec<(Arc<RawFile>, u64)> = files.iter().map(|f| (f.clone(), 0u64)).collect();
@@ -455,7 +512,7 @@ pub fn run_sequential(dir: &Path, total_bytes: u64, flush: Duration) -> std::io:
     std::fs::create_dir_all(dir)?;
     let file = OpenOptions::new().create(true).truncate(true).write(true).open(dir.join("sequential.raw"))?;
     let buf = noise(WRITE_BATCH_BYTES);
-    warm_guest_memory(total_bytes);
+    start_line(dir, total_bytes);
     let start = Instant::now();
     let mut last_sync = Instant::now();
     let mut off = 0u64;
@@ -513,7 +570,7 @@ pub fn run_engine(dir: &Path, sc: &Scenario, payload: &[u8]) -> storage_core::Re
     let streams = drive_range(streams, 0..1, CONNECT_THREADS, &append);
     let connect = connect.elapsed();
     let primed: u64 = streams.iter().map(|s| s.1).sum();
-    warm_guest_memory(sc.nominal_bytes());
+    start_line(dir, sc.nominal_bytes());
     let rss0 = rss_bytes();
     let cpu0 = cpu_seconds();
     let io0 = disk_write_bytes();

@@ -28,7 +28,7 @@ pub fn run_peer(dir: &Path, sc: &Scenario, payload: &[u8]) -> Result<RunResult, 
         "frames",
         PartitionCreateOptions::default().with_kv_separation(KvSeparationOptions::default()).manual_journal_persist(true),
     )?;
-    crate::warm_guest_memory(sc.nominal_bytes());
+    crate::start_line(dir, sc.nominal_bytes());
     let rss0 = rss_bytes();
     let cpu0 = cpu_seconds();
     let io0 = disk_write_bytes();

@@ -49,8 +49,8 @@ pub use segment::format::CAMERA_ID_BYTES_MAX;
 pub use segment::writer::WRITE_BATCH_BYTES;
 pub use segment::{Codec, CODEC_CONFIG_BYTES_MAX, FRAME_BYTES_MAX};
 pub use store::{
-    CodecConfig, CorruptionReport, Env, EraseCertificate, Frame, FrameIn, FrameReader, Metrics, ReadItem, Recordings, SegmentSummary, Span,
-    Store, StreamWriter, SweepReport,
+    CodecConfig, CorruptionReport, Env, EraseCertificate, Frame, FrameIn, FrameReader, Metrics, ReadItem, Recordings, RoundPacer,
+    SegmentSummary, Span, Store, StreamWriter, SweepReport,
 };
 
 /// Identifies a segment; allocated in increasing order, never reused.

@@ -227,7 +227,8 @@ impl Store {
         check_camera_id(camera)?;
         check_config(codec_config)?;
         let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(StreamShared::new(id, camera.to_string(), codec, codec_config.to_vec()));
+        let index = self.inner.camera_index(camera);
+        let shared = Arc::new(StreamShared::new(id, camera.to_string(), index, codec, codec_config.to_vec()));
         {
             let mut streams = self.inner.streams.lock().map_err(|_| Error::Poisoned("stream registry".into()))?;
             streams.retain(|_, w| w.strong_count() > 0);
@@ -432,6 +433,38 @@ enum Cadence {
     Deadline,
 }
 
+/// Rounds of the last this many are remembered by a [`RoundPacer`].
+const PACER_ROUNDS_REMEMBERED: usize = 4;
+
+/// Spaces group-commit rounds so that work waits at most about `period` for one: the wait
+/// before a round is `period` less the longest of the last four rounds (see
+/// `Cadence::Deadline`). Public so that a baseline can pace its fsyncs exactly as the store's
+/// flusher does (`camvault-bench`'s raw baseline).
+#[derive(Debug, Clone)]
+pub struct RoundPacer {
+    period: std::time::Duration,
+    recent: [std::time::Duration; PACER_ROUNDS_REMEMBERED],
+    rounds: usize,
+}
+
+impl RoundPacer {
+    /// A pacer for rounds every `period`, with no round run yet.
+    pub fn new(period: std::time::Duration) -> Self {
+        RoundPacer { period, recent: [std::time::Duration::ZERO; PACER_ROUNDS_REMEMBERED], rounds: 0 }
+    }
+
+    /// How long to wait, from the end of the last round, before starting the next.
+    pub fn wait(&self) -> std::time::Duration {
+        self.period.saturating_sub(self.recent.iter().copied().max().unwrap_or_default())
+    }
+
+    /// Records that a round took `took`.
+    pub fn finished(&mut self, took: std::time::Duration) {
+        self.recent[self.rounds % PACER_ROUNDS_REMEMBERED] = took;
+        self.rounds += 1;
+    }
+}
+
 /// Runs `work` on a named thread, spaced by `period` as `cadence` says, until the store shuts
 /// down or is dropped.
 fn spawn_periodic(
@@ -442,10 +475,7 @@ fn spawn_periodic(
     work: fn(&Arc<Inner>),
 ) -> Result<JoinHandle<()>> {
     let weak = Arc::downgrade(inner);
-    // The durations of the last rounds: a deadline cadence starts each round early by the
-    // longest of them.
-    let mut recent = [std::time::Duration::ZERO; 4];
-    let mut round = 0usize;
+    let mut pacer = RoundPacer::new(period);
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || loop {
@@ -453,7 +483,7 @@ fn spawn_periodic(
             {
                 let wait = match cadence {
                     Cadence::Rest => period,
-                    Cadence::Deadline => period.saturating_sub(recent.iter().copied().max().unwrap_or_default()),
+                    Cadence::Deadline => pacer.wait(),
                 };
                 let Ok(guard) = strong.shutdown.lock() else { return };
                 if *guard {
@@ -466,8 +496,7 @@ fn spawn_periodic(
             }
             let started = std::time::Instant::now();
             work(&strong);
-            recent[round % recent.len()] = started.elapsed();
-            round += 1;
+            pacer.finished(started.elapsed());
         })
         .map_err(|e| Error::io("spawn thread", PathBuf::from(name), e))
 }
@@ -710,6 +739,26 @@ mod tests {
     use super::*;
     use crate::io::{CrashMode, MemVfs};
     use crate::{FrameIn, SimClock};
+
+    /// A round waits the period less the longest of the last four rounds, never less than
+    /// nothing, and forgets a round once four newer ones have run.
+    #[test]
+    fn pacer_starts_rounds_early_by_the_longest_of_the_last_four() {
+        let ms = std::time::Duration::from_millis;
+        let mut p = RoundPacer::new(ms(1000));
+        assert_eq!(p.wait(), ms(1000), "no round run yet");
+        p.finished(ms(300));
+        p.finished(ms(100));
+        assert_eq!(p.wait(), ms(700));
+        p.finished(ms(1500));
+        assert_eq!(p.wait(), ms(0), "a round longer than the period: back to back");
+        for _ in 0..3 {
+            p.finished(ms(200));
+        }
+        assert_eq!(p.wait(), ms(0), "the 1.5 s round is one of the last four");
+        p.finished(ms(200));
+        assert_eq!(p.wait(), ms(800), "the 1.5 s round is forgotten after four newer ones");
+    }
 
     /// Streams closing together share catalog commits, and each close returns only once its
     /// Sealed record is durable: after a crash that loses everything unsynced, the catalog

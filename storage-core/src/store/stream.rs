@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::catalog::CatalogRecord;
 use crate::segment::format::{SegmentHeader, CODEC_CONFIG_BYTES_MAX, FRAME_BYTES_MAX};
 use crate::segment::writer::SegmentWriter;
-use crate::store::index::{EntryState, IndexEntry};
+use crate::store::index::{CameraIndex, EntryState, IndexEntry};
 use crate::store::Inner;
 use crate::{Codec, Error, FlushPolicy, Result, StoreConfig};
 
@@ -43,6 +43,9 @@ pub(crate) struct StreamState {
 pub(crate) struct StreamShared {
     pub id: u64,
     pub camera: String,
+    /// The camera's index, looked up once: entries of the store's camera map are never
+    /// removed, and each append would otherwise hash the camera id under the map's lock.
+    index: Arc<Mutex<CameraIndex>>,
     pub state: Mutex<StreamState>,
     durable_seq: Mutex<u64>,
     durable_cv: Condvar,
@@ -53,7 +56,7 @@ fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
 }
 
 impl StreamShared {
-    pub(crate) fn new(id: u64, camera: String, codec: Codec, config: Vec<u8>) -> Self {
+    pub(crate) fn new(id: u64, camera: String, index: Arc<Mutex<CameraIndex>>, codec: Codec, config: Vec<u8>) -> Self {
         let state = StreamState {
             seg: None,
             codec,
@@ -65,7 +68,7 @@ impl StreamShared {
             poisoned: None,
             closed: false,
         };
-        StreamShared { id, camera, state: Mutex::new(state), durable_seq: Mutex::new(0), durable_cv: Condvar::new() }
+        StreamShared { id, camera, index, state: Mutex::new(state), durable_seq: Mutex::new(0), durable_cv: Condvar::new() }
     }
 
     fn publish_durable(&self, seq: u64) {
@@ -160,8 +163,7 @@ impl StreamShared {
         st.config_written = false;
         inner.catalog_append(&CatalogRecord::Sealed { segment: seg.id, info })?;
         {
-            let idx = inner.camera_index(&self.camera);
-            let mut idx = lock(&idx)?;
+            let mut idx = lock(&self.index)?;
             if let Some(e) = idx.find_mut(info.first_ts_us, seg.id) {
                 e.last_ts_us = info.last_ts_us;
                 e.state = EntryState::Sealed(info);
@@ -233,7 +235,7 @@ impl StreamWriter {
     /// Appends a frame. Returns its sequence number in this stream (1, 2, ...); it is durable
     /// once [`StreamWriter::durable_seq`] reaches it. Rejections leave stored data untouched.
     pub fn append(&mut self, frame: FrameIn<'_>) -> Result<u64> {
-        let inner = self.inner.clone();
+        let inner = &self.inner;
         if frame.payload.is_empty() {
             return Err(Error::InvalidArgument("frame payload is empty".into()));
         }
@@ -249,18 +251,19 @@ impl StreamWriter {
         }
         let cfg = &inner.config;
         if rolls(&st, cfg, frame.ts_us, frame.key, frame.payload.len()) {
-            self.shared.seal_current(&inner, &mut st).inspect_err(|e| poison(&mut st, e))?;
+            self.shared.seal_current(inner, &mut st).inspect_err(|e| poison(&mut st, e))?;
         }
         let own = st.seg.as_ref().filter(|s| s.frames > 0).map(|s| s.id);
-        let idx = inner.camera_index(&self.shared.camera);
-        // Refuse overlap before creating anything.
-        {
-            let idx = lock(&idx)?;
-            if let Some(e) = idx.collision(own, st.last_ts, frame.ts_us) {
-                return Err(overlap(&self.shared.camera, frame.ts_us, e));
-            }
-        }
+        let idx = &self.shared.index;
         if st.seg.is_none() {
+            // Refuse overlap before creating anything (the check is repeated atomically with
+            // the reservation below).
+            {
+                let idx = lock(idx)?;
+                if let Some(e) = idx.collision(own, st.last_ts, frame.ts_us) {
+                    return Err(overlap(&self.shared.camera, frame.ts_us, e));
+                }
+            }
             inner.check_writable()?;
             let seg = inner.create_segment(&self.shared.camera).inspect_err(|e| {
                 if !e.is_no_space() {
@@ -275,7 +278,7 @@ impl StreamWriter {
         };
         // Reserve the range in the index atomically with the check, before the frame is buffered.
         {
-            let mut idx = lock(&idx)?;
+            let mut idx = lock(idx)?;
             if let Some(e) = idx.collision(own, last_ts, frame.ts_us) {
                 return Err(overlap(&self.shared.camera, frame.ts_us, e));
             }
@@ -326,7 +329,7 @@ impl StreamWriter {
         inner.metrics.payload_bytes_appended.fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
         if cfg.flush == FlushPolicy::EveryKeyFrame && frame.key && seq > 1 {
             drop(st);
-            self.shared.sync(&inner)?;
+            self.shared.sync(inner)?;
         }
         Ok(seq)
     }
