@@ -219,10 +219,15 @@ const SETTLE_WAIT_MAX: Duration = Duration::from_secs(30);
 /// How long the discard count must stay still for [`settle_disk`] to call the disk settled.
 const SETTLE_QUIET: Duration = Duration::from_millis(300);
 
-/// Discard requests completed by every block device (`/proc/diskstats`, field 15), and the
-/// requests in flight (field 12). `None` where the kernel does not report discards.
+/// Discard requests completed by every block device (`/proc/diskstats`, column 15), and the
+/// requests in flight (column 12). `None` where the kernel does not report discards.
 fn discards_and_in_flight() -> Option<(u64, u64)> {
-    let stats = std::fs::read_to_string("/proc/diskstats").ok()?;
+    diskstats_discards_and_in_flight(&std::fs::read_to_string("/proc/diskstats").ok()?)
+}
+
+/// [`discards_and_in_flight`] of a `/proc/diskstats` text: `None` if any line lacks the
+/// discard fields (kernels before 4.18) or holds a non-number there.
+fn diskstats_discards_and_in_flight(stats: &str) -> Option<(u64, u64)> {
     let mut sums = (0u64, 0u64);
     for line in stats.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -813,6 +818,19 @@ mod tests {
         assert!(!r(Some(9)).is_off(), "2 MiB blocks are reported");
         assert!(!r(Some(BUDDY_ORDER_MAX)).is_off(), "4 MiB blocks exist");
         assert!(!r(None).is_off(), "unknown order: assume reporting");
+    }
+
+    /// Column 12 (in flight) and column 15 (discards completed) of every device are summed; a
+    /// kernel without the discard fields gives `None`, so the bench does not wait on them.
+    #[test]
+    fn diskstats_discards_and_requests_in_flight_are_summed_over_devices() {
+        let stats = "\
+ 254       0 vda 5 0 40 1 7 2 900 3 4 10 12 6 0 800 9 11 13
+ 254       1 vda1 1 0 8 0 2 0 100 0 1 2 3 3 0 100 1 0 0
+";
+        assert_eq!(crate::diskstats_discards_and_in_flight(stats), Some((9, 5)));
+        assert_eq!(crate::diskstats_discards_and_in_flight(" 8 0 sda 1 2 3 4 5 6 7 8 9 10 11\n"), None, "no discard fields");
+        assert_eq!(crate::diskstats_discards_and_in_flight(" 8 0 sda 1 2 3 4 5 6 7 8 x 10 11 12 13 14 15\n"), None, "not a number");
     }
 
     #[test]
