@@ -180,43 +180,53 @@ async fn publish(
     gate: Option<Gate>,
 ) -> Result<u64, String> {
     use proto::publish_request::Msg;
+    use tokio_stream::StreamExt;
     let open = proto::OpenStream { camera, codec: Some(proto::CodecConfig { codec: proto::Codec::H264 as i32, config }) };
-    let mut frames = frames.map(|(ts_us, pts_90k, key, payload)| proto::Frame { ts_us, pts_90k: Some(pts_90k), key, payload });
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
     let request = |m| proto::PublishRequest { msg: Some(m) };
-    tx.send(request(Msg::Open(open))).await.map_err(|e| e.to_string())?;
-    let mut client = proto::ingest_client::IngestClient::new(ch).max_encoding_message_size(camvault_server::server::MESSAGE_BYTES_MAX);
-    let mut acks =
-        client.publish(authed(tokio_stream::wrappers::ReceiverStream::new(rx), &token)?).await.map_err(|e| e.to_string())?.into_inner();
-    let mut durable = 0;
-    if let Some(gate) = gate {
-        // The first frame created the stream's segment (data key wrapped and stored, catalog
-        // entry): once it is durable, the stream is set up, as the engine's are before its clock.
-        let first = frames.next().ok_or("a stream needs at least one frame")?;
-        tx.send(request(Msg::Frame(first))).await.map_err(|e| e.to_string())?;
-        while durable < 1 {
-            durable =
-                acks.message().await.map_err(|e| e.to_string())?.ok_or("the server ended the stream before its first ack")?.durable_seq;
-        }
-        gate.primed.wait().await;
-        let mut go = gate.go;
-        go.wait_for(|&go| go).await.map_err(|e| e.to_string())?;
+    let mut frames =
+        frames.map(move |(ts_us, pts_90k, key, payload)| request(Msg::Frame(proto::Frame { ts_us, pts_90k: Some(pts_90k), key, payload })));
+    // The call's messages come straight from the frame iterator as tonic's encoder asks for
+    // them: no channel and no sending task per stream, which cost the load generator CPU per
+    // frame on the cores the server uses.
+    let mut head = vec![request(Msg::Open(open))];
+    // With a gate, the first frame goes alone: once it is durable (its segment exists) the
+    // stream is set up, as the engine's are before its clock; the rest waits for the clock.
+    let (set_up, mut set_up_rx) = tokio::sync::watch::channel(gate.is_none());
+    if gate.is_some() {
+        head.push(frames.next().ok_or("a stream needs at least one frame")?);
     }
-    let sender = tokio::spawn(async move {
-        for f in frames {
-            if tx.send(request(Msg::Frame(f))).await.is_err() {
-                return;
+    let clock_rx = set_up_rx.clone();
+    let wait_for_clock = tokio_stream::once(()).then(move |()| {
+        let mut set_up_rx = clock_rx.clone();
+        let gate = gate.clone();
+        async move {
+            let _ = set_up_rx.wait_for(|&s| s).await;
+            if let Some(gate) = gate {
+                gate.primed.wait().await;
+                let mut go = gate.go;
+                let _ = go.wait_for(|&go| go).await;
             }
         }
     });
+    let messages =
+        tokio_stream::iter(head).chain(wait_for_clock.filter_map(|()| None::<proto::PublishRequest>)).chain(tokio_stream::iter(frames));
+    let mut client = proto::ingest_client::IngestClient::new(ch).max_encoding_message_size(camvault_server::server::MESSAGE_BYTES_MAX);
+    let mut acks = client.publish(authed(messages, &token)?).await.map_err(|e| e.to_string())?.into_inner();
+    let mut durable = 0;
     while let Some(a) = acks.message().await.map_err(|e| e.to_string())? {
         durable = a.durable_seq;
+        if durable >= 1 {
+            set_up.send_if_modified(|s| !std::mem::replace(s, true));
+        }
     }
-    let _ = sender.await;
+    if !*set_up_rx.borrow_and_update() {
+        return Err("the server ended the stream before its first ack".into());
+    }
     Ok(durable)
 }
 
 /// Holds every stream after its set-up until the clock starts.
+#[derive(Clone)]
 struct Gate {
     /// Every stream and the clock's owner wait here once the stream's first frame is durable.
     primed: Arc<tokio::sync::Barrier>,
