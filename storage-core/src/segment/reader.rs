@@ -36,11 +36,24 @@ pub(crate) struct RecordCursor {
     pos: u64,
     end: u64,
     window: BytesMut,
+    /// Whether each record's CRC is checked before it is handed out. A reader that
+    /// authenticates every encrypted record with AES-GCM (whose AAD covers every header field
+    /// but the CRC) leaves it to the caller: see [`RecordCursor::without_crc_check`].
+    check_crc: bool,
 }
 
 impl RecordCursor {
     pub(crate) fn new(file: Arc<dyn VfsFile>, pos: u64, end: u64) -> Self {
-        RecordCursor { file, pos, end, window: BytesMut::new() }
+        RecordCursor { file, pos, end, window: BytesMut::new(), check_crc: true }
+    }
+
+    /// A cursor that hands out records without checking their CRC. For the frame reader only:
+    /// it authenticates every encrypted record (header and body) with AES-GCM before using any
+    /// of its fields, and checks the CRC itself for the unencrypted footer and, to say which of
+    /// "damaged" and "forged" a failing record is, for a record that fails authentication.
+    /// Recovery and scrubbing, which must find torn records without keys, keep the check.
+    pub(crate) fn without_crc_check(file: Arc<dyn VfsFile>, pos: u64, end: u64) -> Self {
+        RecordCursor { check_crc: false, ..RecordCursor::new(file, pos, end) }
     }
 
     /// Current offset (start of the next record).
@@ -64,7 +77,16 @@ impl RecordCursor {
         Ok(self.window.len() >= n)
     }
 
-    /// The next record, CRC-checked; `Err(Stop)` at the end or at the first bad record.
+    /// Whether the record at `offset` with this header has a good CRC, its body read afresh from
+    /// the file (a caller's copy may have been overwritten by a failed decryption).
+    pub(crate) fn crc_ok_on_disk(&self, header: &RecordHeader, header_bytes: &[u8], offset: u64) -> io::Result<bool> {
+        let mut body = vec![0u8; header.body_len as usize];
+        read_exact_at(self.file.as_ref(), &mut body, offset + RECORD_HEADER_LEN as u64)?;
+        Ok(record_crc_ok(header, header_bytes, &body))
+    }
+
+    /// The next record, CRC-checked unless the cursor was made without the check; `Err(Stop)`
+    /// at the end or at the first bad record.
     pub(crate) fn next_record(&mut self) -> io::Result<Result<RawRecord, Stop>> {
         if self.pos >= self.end {
             return Ok(Err(Stop::End));
@@ -81,7 +103,7 @@ impl RecordCursor {
         }
         let mut header_bytes = [0u8; RECORD_HEADER_LEN];
         header_bytes.copy_from_slice(&self.window[..RECORD_HEADER_LEN]);
-        if !record_crc_ok(&header, &header_bytes, &self.window[RECORD_HEADER_LEN..total]) {
+        if self.check_crc && !record_crc_ok(&header, &header_bytes, &self.window[RECORD_HEADER_LEN..total]) {
             return Ok(Err(Stop::Bad { offset: self.pos, detail: "record CRC mismatch".into() }));
         }
         let mut rec = self.window.split_to(total);

@@ -760,12 +760,9 @@ mod tests {
         assert_eq!(p.wait(), ms(800), "the 1.5 s round is forgotten after four newer ones");
     }
 
-    /// Streams closing together share catalog commits, and each close returns only once its
-    /// Sealed record is durable: after a crash that loses everything unsynced, the catalog
-    /// still names every segment sealed (nothing is left for recovery to re-seal).
-    #[test]
-    fn streams_closing_together_each_return_with_their_sealed_record_durable() {
-        const STREAMS: usize = 24;
+    /// A store on an in-memory file system, flushed by the OS only, without a sweeper, with a
+    /// clock at its capture time origin.
+    fn mem_store() -> (MemVfs, Store, i64) {
         let vfs = MemVfs::new();
         let mut cfg = StoreConfig::new("/data");
         cfg.key_dir = PathBuf::from("/keys");
@@ -773,8 +770,68 @@ mod tests {
         cfg.flush = FlushPolicy::OsWriteBack;
         cfg.sweep_interval = None;
         let t0 = 1_767_225_600_000_000i64;
-        let env = || Env { vfs: Arc::new(vfs.clone()), clock: Arc::new(SimClock::new(t0)), kek: None };
-        let store = Store::open_with(cfg.clone(), env()).expect("open");
+        let env = Env { vfs: Arc::new(vfs.clone()), clock: Arc::new(SimClock::new(t0)), kek: None };
+        let store = Store::open_with(cfg, env).expect("open");
+        (vfs, store, t0)
+    }
+
+    /// The frame reader leaves the CRC to AES-GCM, which authenticates every header field but
+    /// the CRC: a header forged with a fixed-up CRC (a later capture time) is refused as not
+    /// authentic instead of moving or ending the read, and rot in a body is still reported as a
+    /// CRC mismatch (the CRC checked over the stored bytes once decryption fails).
+    #[test]
+    fn reads_refuse_forged_headers_and_report_rot_as_a_crc_mismatch() {
+        use crate::segment::format::{finish_record, RecordHeader, HEADER_LEN, RECORD_HEADER_LEN};
+        let (vfs, store, t0) = mem_store();
+        let mut w = store.open_stream("cam-1", Codec::H264, b"cfg").expect("stream");
+        for n in 0..10i64 {
+            w.append(FrameIn { ts_us: t0 + n * 40_000, pts_90k: None, key: n == 0, payload: &[n as u8 + 1; 300] }).expect("append");
+        }
+        w.close().expect("close");
+        let path = vfs.files().into_iter().find(|p| p.extension().is_some_and(|e| e == "seg")).expect("segment file");
+        let image = vfs.contents(&path).expect("segment");
+        // Record offsets: the codec configuration, then the frames, then the footer.
+        let mut offsets = Vec::new();
+        let mut pos = HEADER_LEN;
+        while pos < image.len() {
+            let h = RecordHeader::decode(&image[pos..]).expect("record header");
+            offsets.push(pos);
+            pos += h.record_len() as usize;
+        }
+        assert_eq!(offsets.len(), 12, "config, ten frames, footer");
+        let read_all = || store.read("cam-1", t0, t0 + 1_000_000).expect("plan").collect::<Result<Vec<_>>>();
+        assert_eq!(read_all().expect("intact").len(), 11, "config and ten frames");
+
+        // Frame 3's capture time moved past the range, CRC fixed up: without authentication the
+        // reader would end the read there, silently.
+        let (at, len) = (offsets[4], offsets[5] - offsets[4]);
+        let mut forged = image[at..at + len].to_vec();
+        let mut h = RecordHeader::decode(&forged).expect("header");
+        h.ts_us = t0 + 2_000_000;
+        h.encode(&mut forged[..RECORD_HEADER_LEN]);
+        finish_record(&mut forged);
+        assert!(vfs.corrupt(&path, at as u64, &forged));
+        let err = read_all().expect_err("a forged header is refused");
+        let Error::Corrupt { detail, .. } = &err else { panic!("corruption expected, got {err}") };
+        assert!(detail.contains("AES-GCM authentication"), "{detail}");
+
+        // Rot in frame 5's body, CRC left as it was.
+        assert!(vfs.corrupt(&path, at as u64, &image[at..at + len]));
+        assert_eq!(read_all().expect("restored").len(), 11);
+        let at = offsets[6] + RECORD_HEADER_LEN + 10;
+        assert!(vfs.corrupt(&path, at as u64, &[image[at] ^ 0x40]));
+        let err = read_all().expect_err("rot is reported");
+        let Error::Corrupt { detail, .. } = &err else { panic!("corruption expected, got {err}") };
+        assert!(detail.contains("CRC mismatch"), "{detail}");
+    }
+
+    /// Streams closing together share catalog commits, and each close returns only once its
+    /// Sealed record is durable: after a crash that loses everything unsynced, the catalog
+    /// still names every segment sealed (nothing is left for recovery to re-seal).
+    #[test]
+    fn streams_closing_together_each_return_with_their_sealed_record_durable() {
+        const STREAMS: usize = 24;
+        let (vfs, store, t0) = mem_store();
         let writers: Vec<StreamWriter> = (0..STREAMS)
             .map(|i| {
                 let mut w = store.open_stream(&format!("cam-{i:02}"), Codec::H264, b"cfg").expect("stream");

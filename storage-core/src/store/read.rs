@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::keys::SegmentCipher;
-use crate::segment::format::{aad, nonce, Codec, RecordKind, HEADER_LEN, TAG_LEN};
+use crate::segment::format::{aad, nonce, record_crc_ok, Codec, RecordKind, HEADER_LEN, TAG_LEN};
 use crate::segment::reader::{RecordCursor, Stop};
 use crate::store::Inner;
 use crate::{Error, Result, SegmentId};
@@ -85,9 +85,11 @@ impl FrameReader {
         let file = self.inner.vfs.open(&path).map_err(|e| Error::io("open segment", &path, e))?;
         let key = self.inner.keys.lock().map_err(|_| Error::Poisoned("key store lock".into()))?.get(plan.id)?;
         let cipher = SegmentCipher::new(&key);
-        let config =
-            plan.config_offset.filter(|&c| c < plan.start && c >= HEADER_LEN as u64).map(|c| RecordCursor::new(file.clone(), c, plan.end));
-        let cursor = RecordCursor::new(file, plan.start, plan.end);
+        let config = plan
+            .config_offset
+            .filter(|&c| c < plan.start && c >= HEADER_LEN as u64)
+            .map(|c| RecordCursor::without_crc_check(file.clone(), c, plan.end));
+        let cursor = RecordCursor::without_crc_check(file, plan.start, plan.end);
         self.current = Some(Current { id: plan.id, path, cipher, cursor, config });
         Ok(true)
     }
@@ -123,27 +125,49 @@ impl FrameReader {
                     return Err(self.inner.report_corruption(cur.path.clone(), Some(cur.id), Some(offset), detail));
                 }
             };
+            // The cursor did not check the CRC (see `RecordCursor::without_crc_check`): no
+            // header field is acted on before it is authenticated, by AES-GCM for an encrypted
+            // record or by the CRC for the footer.
             let h = rec.header;
+            let crc_ok = || record_crc_ok(&h, &rec.header_bytes, &rec.body);
             if h.kind == RecordKind::Footer {
+                if !crc_ok() {
+                    return Err(self.inner.report_corruption(
+                        cur.path.clone(),
+                        Some(cur.id),
+                        Some(rec.offset),
+                        "record CRC mismatch".into(),
+                    ));
+                }
                 self.current = None;
                 continue;
             }
-            if from_config && h.kind != RecordKind::CodecConfig {
-                let detail = "key-frame index points at a record that is not a codec configuration".to_string();
+            if rec.body.len() < TAG_LEN {
+                let detail = "encrypted record is shorter than its authentication tag".to_string();
                 return Err(self.inner.report_corruption(cur.path.clone(), Some(cur.id), Some(rec.offset), detail));
             }
-            if h.kind == RecordKind::Video && h.ts_us >= self.to_us {
-                self.done = true;
-                return Ok(None);
-            }
+            let offset = rec.offset;
             let mut body = rec.body;
             let split = body.len() - TAG_LEN;
             let mut tag = [0u8; TAG_LEN];
             tag.copy_from_slice(&body[split..]);
             body.truncate(split);
             if !cur.cipher.open(&nonce(h.ordinal), &aad(cur.id, &rec.header_bytes), &mut body, &tag) {
-                let detail = "record fails AES-GCM authentication (damaged, or moved from elsewhere)".to_string();
-                return Err(self.inner.report_corruption(cur.path.clone(), Some(cur.id), Some(rec.offset), detail));
+                // A failed decryption may have overwritten the body: the CRC is checked over
+                // the stored bytes, read again.
+                let crc_ok =
+                    cur.cursor.crc_ok_on_disk(&h, &rec.header_bytes, offset).map_err(|e| Error::io("read segment", &cur.path, e))?;
+                let detail =
+                    if crc_ok { "record fails AES-GCM authentication (damaged, or moved from elsewhere)" } else { "record CRC mismatch" };
+                return Err(self.inner.report_corruption(cur.path.clone(), Some(cur.id), Some(offset), detail.to_string()));
+            }
+            if from_config && h.kind != RecordKind::CodecConfig {
+                let detail = "key-frame index points at a record that is not a codec configuration".to_string();
+                return Err(self.inner.report_corruption(cur.path.clone(), Some(cur.id), Some(offset), detail));
+            }
+            if h.kind == RecordKind::Video && h.ts_us >= self.to_us {
+                self.done = true;
+                return Ok(None);
             }
             let data = body.freeze();
             return Ok(Some(match h.kind {
