@@ -129,9 +129,8 @@ impl FrameReader {
             // header field is acted on before it is authenticated, by AES-GCM for an encrypted
             // record or by the CRC for the footer.
             let h = rec.header;
-            let crc_ok = || record_crc_ok(&h, &rec.header_bytes, &rec.body);
             if h.kind == RecordKind::Footer {
-                if !crc_ok() {
+                if !record_crc_ok(&h, &rec.header_bytes, &rec.body) {
                     return Err(self.inner.report_corruption(
                         cur.path.clone(),
                         Some(cur.id),
@@ -142,10 +141,7 @@ impl FrameReader {
                 self.current = None;
                 continue;
             }
-            if rec.body.len() < TAG_LEN {
-                let detail = "encrypted record is shorter than its authentication tag".to_string();
-                return Err(self.inner.report_corruption(cur.path.clone(), Some(cur.id), Some(rec.offset), detail));
-            }
+            // `RecordHeader::decode` refused an encrypted record shorter than its tag.
             let offset = rec.offset;
             let mut body = rec.body;
             let split = body.len() - TAG_LEN;
