@@ -450,6 +450,10 @@ pub fn run_export(
     let drop_if_cold = || cold && drop_caches();
     let mut exports = Vec::new();
     let mut cold = cold;
+    // The receiving client on one thread, as the `camvault` CLI's is: its connection and the
+    // call reading the stream then share that thread, instead of waking each other across
+    // threads once per chunk on cores the server needs.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     for digest in EXPORT_DIGESTS {
         cold = drop_if_cold();
         let (server_cpu0, client_cpu0) = (server.cpu_seconds(), cpu_seconds());

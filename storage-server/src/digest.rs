@@ -42,6 +42,15 @@ impl DigestAlgorithm {
         }
     }
 
+    /// Whether digesting a file costs more CPU than reading, decrypting and muxing it (an
+    /// export then digests on a thread of its own; see `server::ExportSink`).
+    pub fn costs_more_than_muxing(self) -> bool {
+        match self {
+            Self::Blake3 => false,
+            Self::Sha256 => true,
+        }
+    }
+
     /// A hasher of this algorithm.
     pub fn hasher(self) -> FileHasher {
         match self {

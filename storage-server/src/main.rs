@@ -100,7 +100,10 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             Ok(())
         }
-        verb => tokio::runtime::Builder::new_multi_thread()
+        // A client verb is one call at a time: on one thread its connection and the code
+        // reading the call's messages do not wake each other across threads once per message
+        // (receiving an export, 0.17-0.20 -> 0.13-0.14 CPU s/GB; BENCHMARKS.md, History).
+        verb => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())

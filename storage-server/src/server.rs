@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::digest::DigestAlgorithm;
+use crate::digest::{DigestAlgorithm, FileHasher};
 use crate::h26x;
 use crate::mp4;
 use crate::proto;
@@ -40,8 +40,8 @@ const ACK_INTERVAL: Duration = Duration::from_millis(100);
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Export chunk size on the wire.
 const EXPORT_CHUNK_BYTES: usize = 1 << 20;
-/// Pieces queued between an export's muxer and its hashing thread: four MP4 fragments (one GOP
-/// each), every fragment sent as its header and then its data.
+/// Pieces queued between an export's muxer and its hashing thread, where it has one (see
+/// `ExportSink`): four MP4 fragments (one GOP each), each sent as its header, then its data.
 const EXPORT_PIPELINE_PIECES: usize = 8;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -656,6 +656,74 @@ impl proto::export_server::Export for Api {
     }
 }
 
+/// Where an export's MP4 goes once muxed: into the manifest's digest, then onto the wire in
+/// `EXPORT_CHUNK_BYTES` chunks.
+enum ExportSink {
+    /// Digested on the muxing thread, while the fragment it has just written is still in its
+    /// cache. For BLAKE3 (about 0.1 CPU s/GB) this beat a hashing thread: the one-hour export
+    /// went from 0.70-0.72 to 0.73-0.87 of the raw read, with a third fewer threads contending
+    /// for the cores and no hand-off per fragment (BENCHMARKS.md, History).
+    Inline { hasher: FileHasher, wire: mpsc::Sender<Result<proto::ExportChunk, Status>> },
+    /// Digested on a thread of its own, which also sends: SHA-256 (about 0.5 CPU s/GB) costs
+    /// more than reading, decrypting and muxing together, and on the muxing thread it took the
+    /// export from 0.45-0.48 to 0.37-0.44 of the raw read.
+    Thread { fragments: std::sync::mpsc::SyncSender<bytes::Bytes>, hashing: std::thread::JoinHandle<Result<String, Status>> },
+}
+
+impl ExportSink {
+    fn new(digest: DigestAlgorithm, wire: &mpsc::Sender<Result<proto::ExportChunk, Status>>) -> Result<Self, Status> {
+        let wire = wire.clone();
+        if !digest.costs_more_than_muxing() {
+            return Ok(Self::Inline { hasher: digest.hasher(), wire });
+        }
+        let (fragments, fragments_rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(EXPORT_PIPELINE_PIECES);
+        let hashing = std::thread::Builder::new()
+            .name("camvault-export-hash".into())
+            .spawn(move || -> Result<String, Status> {
+                let mut hasher = digest.hasher();
+                for bytes in fragments_rx {
+                    hasher.update(&bytes);
+                    send_export_chunks(&wire, bytes)?;
+                }
+                Ok(hasher.finalize_hex())
+            })
+            .map_err(|e| Status::internal(format!("cannot start the export's hashing thread: {e}")))?;
+        Ok(Self::Thread { fragments, hashing })
+    }
+
+    /// Digests and sends the next bytes of the file, or queues them for the hashing thread.
+    fn send(&mut self, bytes: Vec<u8>) -> Result<(), Status> {
+        match self {
+            Self::Inline { hasher, wire } => {
+                hasher.update(&bytes);
+                send_export_chunks(wire, bytes.into())
+            }
+            Self::Thread { fragments, .. } => fragments.send(bytes.into()).map_err(|_| Status::cancelled("the client went away")),
+        }
+    }
+
+    /// The digest of the whole file, once every byte has been queued for the wire.
+    fn finish(self) -> Result<String, Status> {
+        match self {
+            Self::Inline { hasher, .. } => Ok(hasher.finalize_hex()),
+            Self::Thread { fragments, hashing } => {
+                // Closing the queue lets the hashing thread finish.
+                drop(fragments);
+                hashing.join().map_err(|_| Status::internal("the export's hashing thread panicked"))?
+            }
+        }
+    }
+}
+
+fn send_export_chunks(wire: &mpsc::Sender<Result<proto::ExportChunk, Status>>, bytes: bytes::Bytes) -> Result<(), Status> {
+    for start in (0..bytes.len()).step_by(EXPORT_CHUNK_BYTES) {
+        let chunk = bytes.slice(start..(start + EXPORT_CHUNK_BYTES).min(bytes.len()));
+        wire.blocking_send(Ok(proto::ExportChunk { part: Some(proto::export_chunk::Part::Mp4(chunk)) }))
+            .map_err(|_| Status::cancelled("the client went away"))?;
+    }
+    Ok(())
+}
+
 /// Streams the MP4 (init segment, then one fragment per GOP), hashing as it goes, then the
 /// signed manifest; audits the export with its digest.
 #[allow(clippy::too_many_arguments, reason = "the request, its checked digest, and the columns of its audit entry")]
@@ -669,29 +737,8 @@ fn export(
     justification: &str,
     tx: &mpsc::Sender<Result<proto::ExportChunk, Status>>,
 ) -> Result<(), Status> {
-    // Muxing (with the read and decryption under it) and hashing run on two threads: the
-    // manifest's digest of the file (BLAKE3 about 0.1 CPU s/GB here, SHA-256 0.5) costs as
-    // much as decrypting it or more.
-    let (fragments, fragments_rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(EXPORT_PIPELINE_PIECES);
-    let wire = tx.clone();
-    let hashing = std::thread::Builder::new()
-        .name("camvault-export-hash".into())
-        .spawn(move || -> Result<String, Status> {
-            let mut hasher = digest.hasher();
-            for bytes in fragments_rx {
-                hasher.update(&bytes);
-                for start in (0..bytes.len()).step_by(EXPORT_CHUNK_BYTES) {
-                    let chunk = bytes.slice(start..(start + EXPORT_CHUNK_BYTES).min(bytes.len()));
-                    wire.blocking_send(Ok(proto::ExportChunk { part: Some(proto::export_chunk::Part::Mp4(chunk)) }))
-                        .map_err(|_| Status::cancelled("the client went away"))?;
-                }
-            }
-            Ok(hasher.finalize_hex())
-        })
-        .map_err(|e| Status::internal(format!("cannot start the export's hashing thread: {e}")))?;
-    let mut send = move |bytes: Vec<u8>| -> Result<(), Status> {
-        fragments.send(bytes::Bytes::from(bytes)).map_err(|_| Status::cancelled("the client went away"))
-    };
+    let mut sink = ExportSink::new(digest, tx)?;
+    let mut send = |bytes: Vec<u8>| sink.send(bytes);
     let mut codec = None;
     let mut first_dts_us = None;
     let mut first_pts = None;
@@ -780,9 +827,7 @@ fn export(
     } else {
         return Err(Status::not_found(format!("no video of {} in the range", r.camera)));
     }
-    // The last fragment is queued: closing the queue lets the hashing thread finish.
-    drop(send);
-    let file_digest = hashing.join().map_err(|_| Status::internal("the export's hashing thread panicked"))??;
+    let file_digest = sink.finish()?;
     let manifest = serde_json::json!({
         "type": "camvault-export-manifest",
         "version": 2,
