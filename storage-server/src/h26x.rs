@@ -4,12 +4,17 @@
 
 use storage_core::Codec;
 
+/// The start-code searcher, built once: building one per frame was 1% of an export's muxing
+/// thread (BENCHMARKS.md, History).
+static START_CODE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(&[0u8, 0, 1]));
+
 /// NAL units of an Annex B byte stream, without their start codes. The start-code search is
 /// `memchr`'s vectorised substring search: export runs every stored byte through here.
 pub fn nals(data: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut start: Option<usize> = None;
-    for i in memchr::memmem::find_iter(data, &[0u8, 0, 1]) {
+    for i in START_CODE.find_iter(data) {
         if let Some(s) = start {
             // A 4-byte start code (and trailing_zero_8bits) leaves zeros before the match.
             let mut end = i;
