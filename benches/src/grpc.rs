@@ -453,12 +453,12 @@ pub fn run_export(
     // The receiving client on one thread, as the `camvault` CLI's is: its connection and the
     // call reading the stream then share that thread, instead of waking each other across
     // threads once per chunk on cores the server needs.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let export_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     for digest in EXPORT_DIGESTS {
         cold = drop_if_cold();
         let (server_cpu0, client_cpu0) = (server.cpu_seconds(), cpu_seconds());
         let start = Instant::now();
-        let mp4_bytes = rt.block_on(async {
+        let mp4_bytes = export_rt.block_on(async {
             let mut c = proto::export_client::ExportClient::new(connect(&url).await?)
                 .max_decoding_message_size(camvault_server::server::MESSAGE_BYTES_MAX);
             let access = proto::Access { purpose: "benchmark: export throughput".into(), ..Default::default() };
@@ -484,6 +484,10 @@ pub fn run_export(
         let cpu_s = (server.cpu_seconds() - server_cpu0, cpu_seconds() - client_cpu0);
         exports.push(ExportRun { digest, mp4_bytes, elapsed, cpu_s });
     }
+    // A single-threaded runtime runs its connections' tasks only inside `block_on`: dropped, it
+    // closes them, and the server's graceful stop does not wait out its grace period for them.
+    drop(export_rt);
+    drop(rt);
     server.stop()?;
     drop_if_cold();
     let cpu0 = cpu_seconds();
