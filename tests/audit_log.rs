@@ -244,3 +244,113 @@ fn the_chain_survives_crash_and_restart_and_queries_filter() {
     let wrong = storage_core::audit::verify_file(&copy, Path::new(AUDIT), &"00".repeat(32)).expect("offline");
     assert!(wrong.problem.is_some(), "checkpoints do not verify under another key");
 }
+
+fn reopen(vfs: &MemVfs) -> storage_core::Result<Store> {
+    open_mem(vfs, test_config())
+}
+
+/// A store with 20 entries, closed; its audit log's bytes.
+fn closed_store_with_entries() -> (MemVfs, Vec<u8>) {
+    let vfs = MemVfs::new();
+    let store = open_mem(&vfs, test_config()).expect("open");
+    read(&store, 20, "alice");
+    drop(store);
+    let bytes = vfs.contents(Path::new(AUDIT)).expect("audit log");
+    (vfs, bytes)
+}
+
+/// Finding: one flipped byte in the middle of audit.log made the next start cut the log there,
+/// deleting every later entry, and Verify then reported ok.
+#[test]
+fn a_flipped_byte_in_the_middle_of_the_audit_log_is_reported_never_cut() {
+    let (vfs, bytes) = closed_store_with_entries();
+    let recs = records(&bytes);
+    let (off, len) = recs[recs.len() / 2];
+    let mut damaged = bytes.clone();
+    damaged[off + len / 2] ^= 0x40;
+    rewrite(&vfs, Path::new(AUDIT), &damaged);
+    let err = reopen(&vfs).map(|_| ()).expect_err("a damaged audit log refuses the open");
+    let msg = err.to_string();
+    assert!(msg.contains("audit.log") && msg.contains(&format!("byte {off}")), "{msg}");
+    assert_eq!(vfs.contents(Path::new(AUDIT)).expect("log"), damaged, "not a byte was cut or rewritten");
+}
+
+/// Finding: a deleted audit.log was recreated empty without a word.
+#[test]
+fn a_deleted_audit_log_is_detected() {
+    let (vfs, _) = closed_store_with_entries();
+    vfs.remove_file(Path::new(AUDIT)).expect("delete");
+    let err = reopen(&vfs).map(|_| ()).expect_err("a missing log refuses the open");
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert!(!vfs.exists(Path::new(AUDIT)), "no empty log is created in its place");
+}
+
+/// Finding: removing the last entry (at a record boundary) left Verify saying ok.
+#[test]
+fn a_truncated_audit_log_is_detected() {
+    let (vfs, bytes) = closed_store_with_entries();
+    let recs = records(&bytes);
+    for cut in [1usize, 5] {
+        let (off, _) = recs[recs.len() - cut];
+        rewrite(&vfs, Path::new(AUDIT), &bytes[..off]);
+        let err = reopen(&vfs).map(|_| ()).expect_err("a truncated log refuses the open");
+        assert!(err.to_string().contains("truncated"), "cut {cut}: {err}");
+    }
+}
+
+/// An older copy of the whole log put back (a rollback) is detected from the anchor kept in
+/// the key directory.
+#[test]
+fn a_rolled_back_audit_log_is_detected() {
+    let (vfs, old) = closed_store_with_entries();
+    let store = reopen(&vfs).expect("reopen");
+    read(&store, 3, "bob");
+    drop(store);
+    rewrite(&vfs, Path::new(AUDIT), &old);
+    let err = reopen(&vfs).map(|_| ()).expect_err("a rolled-back log refuses the open");
+    assert!(err.to_string().contains("rolled back"), "{err}");
+    // A replaced log of the same length is refused too: another entry where the anchor's is.
+    let (other_vfs, _) = closed_store_with_entries();
+    let store = reopen(&other_vfs).expect("reopen");
+    read(&store, 3, "mallory");
+    drop(store);
+    let foreign = other_vfs.contents(Path::new(AUDIT)).expect("log");
+    rewrite(&vfs, Path::new(AUDIT), &foreign);
+    assert!(reopen(&vfs).is_err(), "another store's log of the same length");
+}
+
+/// A torn final write (a crash during an append) is cut, and the cut is itself an audit entry
+/// naming the bytes cut, which are kept beside the log.
+#[test]
+fn a_torn_last_entry_is_cut_and_the_cut_is_recorded() {
+    let (vfs, bytes) = closed_store_with_entries();
+    // Half of a 21st record's frame, as a crash mid-write leaves it.
+    let mut torn = bytes.clone();
+    let (off, len) = *records(&bytes).last().expect("records");
+    torn.extend_from_slice(&bytes[off..off + len / 2]);
+    rewrite(&vfs, Path::new(AUDIT), &torn);
+    let store = reopen(&vfs).expect("a torn tail opens");
+    let cut = store.audit_query(&AuditQuery { action: Some("audit.tail_cut".into()), ..Default::default() }).expect("query");
+    assert_eq!(cut.len(), 1);
+    assert_eq!(cut[0].record.detail["offset"].as_u64(), Some(bytes.len() as u64));
+    assert_eq!(cut[0].record.detail["bytes"].as_u64(), Some((len / 2) as u64));
+    let kept = PathBuf::from(cut[0].record.detail["kept_as"].as_str().expect("kept_as"));
+    assert_eq!(vfs.contents(&kept).expect("kept bytes"), bytes[off..off + len / 2].to_vec());
+    let v = store.verify_audit().expect("verify");
+    assert_eq!(v.problem, None);
+    assert_eq!(v.entries, 21);
+}
+
+/// The last entry damaged in place after it was acknowledged is not taken for a torn write:
+/// the anchor says it was durable.
+#[test]
+fn an_acknowledged_last_entry_damaged_in_place_is_reported() {
+    let (vfs, bytes) = closed_store_with_entries();
+    let (off, len) = *records(&bytes).last().expect("records");
+    let mut damaged = bytes.clone();
+    damaged[off + len - 3] ^= 1;
+    rewrite(&vfs, Path::new(AUDIT), &damaged);
+    let err = reopen(&vfs).map(|_| ()).expect_err("refused");
+    assert!(err.to_string().contains("acknowledged"), "{err}");
+    assert_eq!(vfs.contents(Path::new(AUDIT)).expect("log"), damaged);
+}

@@ -57,7 +57,7 @@ fn in_memory_store_keeps_no_plaintext() {
     assert!(ids.len() >= 4);
     // The keys, unwrapped the way a reader would, to search for them.
     let kek = Arc::new(FileKekProvider::open(Arc::new(vfs.clone()), &cfg.kek_dir).expect("kek"));
-    let ks = KeyStore::open(Arc::new(vfs.clone()), &cfg.key_dir, kek, 0).expect("keys");
+    let ks = KeyStore::open(Arc::new(vfs.clone()), &cfg.key_dir, kek, 0, false).expect("keys");
     let keys: Vec<[u8; 32]> = ids.iter().map(|(_, id)| *ks.get(*id).expect("key").expose()).collect();
     // The marker round-trips, so the search below is not vacuous.
     let f = camvault_tests::all_frames(&store, "cam-x");
@@ -84,7 +84,7 @@ fn real_file_system_keeps_no_plaintext() {
     let store = Store::open(cfg.clone()).expect("open");
     let ids = write_marked(&store);
     let kek = Arc::new(FileKekProvider::open(Arc::new(StdVfs), &cfg.kek_dir).expect("kek"));
-    let ks = KeyStore::open(Arc::new(StdVfs) as Arc<dyn Vfs>, &cfg.key_dir, kek, 0).expect("keys");
+    let ks = KeyStore::open(Arc::new(StdVfs) as Arc<dyn Vfs>, &cfg.key_dir, kek, 0, false).expect("keys");
     let keys: Vec<[u8; 32]> = ids.iter().map(|(_, id)| *ks.get(*id).expect("key").expose()).collect();
     let mut files = Vec::new();
     walk(dir.path(), &mut files);

@@ -38,9 +38,17 @@ fn kek_create_wrap_unwrap_destroy_and_a_store_on_the_hsm() {
     token(dir.path());
     let hsm = Arc::new(Pkcs11KekProvider::open(&module(), "camvault-test", "1234", "camvault-kek-").expect("open token"));
 
-    // KEK lifecycle.
+    // A store whose KEKs live in the HSM: a sweep rotates to a new HSM KEK and destroys the old.
+    let vfs = MemVfs::new();
+    let clock = Arc::new(SimClock::new(T0_US));
+    let c: Arc<dyn Clock> = clock.clone();
+    let provider: Arc<dyn KekProvider> = hsm.clone();
+    let store = Store::open_with(test_config(), Env { vfs: Arc::new(vfs.clone()), clock: c, kek: Some(provider) }).expect("open store");
+    let first_kek = hsm.list_keks().expect("list");
+    assert_eq!(first_kek.len(), 1);
+    // KEK lifecycle, on the provider the store bound to itself.
     let kek = hsm.create_kek().expect("create");
-    assert_eq!(hsm.list_keks().expect("list"), vec![kek]);
+    assert_eq!(hsm.list_keks().expect("list"), vec![first_kek[0], kek]);
     let dk = DataKey::generate().expect("key");
     let wrapped = hsm.wrap(kek, &dk, b"aad-1").expect("wrap");
     assert_eq!(wrapped.len(), 60);
@@ -50,16 +58,8 @@ fn kek_create_wrap_unwrap_destroy_and_a_store_on_the_hsm() {
     hsm.destroy_kek(kek).expect("destroy");
     let err = hsm.unwrap(kek, &wrapped, b"aad-1").expect_err("destroyed");
     assert!(matches!(err, Error::Key(_)), "{err}");
-    assert!(hsm.list_keks().expect("list").is_empty());
+    assert_eq!(hsm.list_keks().expect("list"), first_kek);
 
-    // A store whose KEKs live in the HSM: a sweep rotates to a new HSM KEK and destroys the old.
-    let vfs = MemVfs::new();
-    let clock = Arc::new(SimClock::new(T0_US));
-    let c: Arc<dyn Clock> = clock.clone();
-    let provider: Arc<dyn KekProvider> = hsm.clone();
-    let store = Store::open_with(test_config(), Env { vfs: Arc::new(vfs.clone()), clock: c, kek: Some(provider) }).expect("open store");
-    let first_kek = hsm.list_keks().expect("list");
-    assert_eq!(first_kek.len(), 1);
     let mut s = store.open_stream("cam-hsm", Codec::H264, b"cfg").expect("stream");
     for n in 0..100u64 {
         let key = n.is_multiple_of(25);
@@ -74,4 +74,11 @@ fn kek_create_wrap_unwrap_destroy_and_a_store_on_the_hsm() {
     assert_eq!(now_keks.len(), 1);
     assert_ne!(now_keks, first_kek, "the old KEK object was destroyed in the HSM");
     assert_eq!(report.receipts[0].kek_destroyed, first_kek[0].0);
+
+    // The provider is bound to this store: another store cannot use it.
+    let other = test_config();
+    let err = Store::open_with(other, Env { vfs: Arc::new(MemVfs::new()), clock: clock.clone(), kek: Some(hsm.clone()) })
+        .map(|_| ())
+        .expect_err("a provider bound to another store");
+    assert!(matches!(err, Error::Identity(_)), "{err}");
 }

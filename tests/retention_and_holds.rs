@@ -274,9 +274,76 @@ fn decommission_destroys_every_key_and_signs_a_certificate() {
     assert!(!forged.verify(&pk));
     // No segment file, no key store, and writes are refused.
     assert!(!vfs.files().iter().any(|p| p.to_string_lossy().ends_with(".seg") || p.to_string_lossy().contains("keystore")));
-    let mut s = store.open_stream("cam-d", Codec::H264, b"c").expect("stream handle");
-    assert!(s.append(FrameIn { ts_us: T0_US + 40 * DAY_US, pts_90k: None, key: true, payload: b"x" }).is_err());
+    assert!(matches!(store.open_stream("cam-d", Codec::H264, b"c"), Err(Error::Decommissioned(_))));
     let entries =
         store.audit_query(&storage_core::audit::AuditQuery { action: Some("decommission".into()), ..Default::default() }).expect("audit");
     assert_eq!(entries.len(), 1);
+}
+
+/// Finding: after a decommission, a restart accepted writes again and created KEK and key store
+/// files with the ids the certificate lists as destroyed.
+#[test]
+fn decommission_survives_a_restart() {
+    let vfs = MemVfs::new();
+    let clock = Arc::new(SimClock::new(T0_US));
+    let store = open(Arc::new(vfs.clone()), &clock);
+    record(&store, "cam-d", T0_US);
+    clock.set_us(T0_US + 31 * DAY_US);
+    let cert = store.decommission("admin", "retire disk").expect("decommission");
+    drop(store);
+    let key_files_before: Vec<_> = vfs.files().into_iter().filter(|p| p.starts_with("/keys") || p.starts_with("/kek")).collect();
+    for round in 0..2 {
+        let store = open(Arc::new(vfs.clone()), &clock);
+        let refused = store.open_stream("cam-new", Codec::H264, b"c").map(|_| ()).expect_err("writes refused after a restart");
+        assert!(matches!(&refused, Error::Decommissioned(why) if why.contains("decommissioned")), "round {round}: {refused}");
+        assert!(matches!(store.read("cam-d", T0_US, T0_US + 1), Err(Error::Decommissioned(_))));
+        assert_eq!(store.decommission_certificate().expect("certificate"), Some(cert.clone()));
+        // The audit log stays readable and verifiable.
+        assert!(store.verify_audit().expect("verify").problem.is_none());
+        drop(store);
+        let key_files: Vec<_> = vfs.files().into_iter().filter(|p| p.starts_with("/keys") || p.starts_with("/kek")).collect();
+        assert!(
+            !key_files.iter().any(|p| p.to_string_lossy().contains("keystore") || p.to_string_lossy().contains("kek-")),
+            "{key_files:?}"
+        );
+        assert_eq!(key_files, key_files_before, "no key file is created by a later open");
+    }
+}
+
+/// A decommission interrupted by a crash at any write is finished at the next open, and never
+/// leaves a store that accepts writes.
+#[test]
+fn a_decommission_interrupted_by_a_crash_finishes_at_the_next_open() {
+    let mut finished = 0;
+    for fault_at in 0..200u64 {
+        let mem = MemVfs::new();
+        let clock = Arc::new(SimClock::new(T0_US));
+        let store = open(Arc::new(mem.clone()), &clock);
+        record(&store, "cam-d", T0_US);
+        clock.set_us(T0_US + 31 * DAY_US);
+        drop(store);
+        let faulty = FaultyVfs::new(Arc::new(mem.clone()));
+        let store = open(Arc::new(faulty.clone()), &clock);
+        faulty.fail_after(fault_at, FaultKind::Eio);
+        let outcome = store.decommission("admin", "retire disk");
+        std::mem::forget(store);
+        let image = mem.crash(CrashMode::LoseUnsynced);
+        let reopened = open_cfg(Arc::new(image.clone()), &clock, test_config()).expect("reopen after the crash");
+        let decommissioned = matches!(reopened.open_stream("cam-z", Codec::H264, b"c"), Err(Error::Decommissioned(_)));
+        if outcome.is_ok() {
+            assert!(decommissioned, "fault at {fault_at}: a finished decommission is durable");
+        }
+        if decommissioned {
+            assert!(!image.files().iter().any(|p| p.to_string_lossy().contains("keystore") || p.to_string_lossy().contains("kek-")));
+            assert!(reopened.decommission_certificate().expect("certificate").is_some(), "fault at {fault_at}");
+        } else {
+            // Nothing was decided durably: the store is whole and its video reads.
+            assert_eq!(count(&reopened, "cam-d"), 250, "fault at {fault_at}");
+        }
+        if outcome.is_ok() {
+            finished += 1;
+            break;
+        }
+    }
+    assert_eq!(finished, 1, "the decommission completed within the fault budget");
 }

@@ -110,6 +110,35 @@ pub enum Error {
     /// bytes.
     #[error("key management: {0}")]
     Key(String),
+
+    /// Another process holds the store (a running server, or a second writer).
+    #[error("{path} is in use by another process ({detail}); stop it first")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// Who holds it, as far as is known.
+        detail: String,
+    },
+
+    /// The directories given do not belong together (a root with another store's key
+    /// directory, a key directory missing), or a directory holds files of no known store.
+    /// Nothing was created, changed or destroyed.
+    #[error("store identity: {0}")]
+    Identity(String),
+
+    /// A key file is readable or writable by other local users.
+    #[error("{path} has mode {mode:04o}: key files must be readable by their owner only; fix it with: chmod 600 {path}")]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+
+    /// The store was decommissioned: its keys are destroyed; only the audit log and the
+    /// certificate remain readable.
+    #[error("this store was decommissioned: {0}")]
+    Decommissioned(String),
 }
 
 impl Error {

@@ -28,9 +28,11 @@ mod catalog;
 pub mod clock;
 mod config;
 mod error;
+mod identity;
 pub mod io;
 pub mod keys;
 mod log;
+pub mod offline;
 pub mod retention;
 mod segment;
 pub mod signing;
@@ -45,6 +47,7 @@ pub use config::{
     STREAMS_MAX,
 };
 pub use error::{Error, Result};
+pub use identity::StoreId;
 pub use segment::format::CAMERA_ID_BYTES_MAX;
 pub use segment::writer::WRITE_BATCH_BYTES;
 pub use segment::{Codec, CODEC_CONFIG_BYTES_MAX, FRAME_BYTES_MAX};

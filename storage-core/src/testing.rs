@@ -31,7 +31,8 @@ fn synthetic_catalog_from(
     segment_us: i64,
     first_id: u64,
 ) -> Result<()> {
-    let loaded = Catalog::open(vfs, &root.join("catalog"))?;
+    fixture_identity(vfs, root, &root.join("keys"))?;
+    let loaded = Catalog::open(vfs, &root.join("catalog"), crate::log::Access::Write { keep_torn: false })?;
     let mut cat = loaded.catalog;
     let mut next = loaded.max_segment.map_or(first_id, |s| s.0 + 1).max(first_id);
     let mut batch = Vec::with_capacity(1 << 20);
@@ -79,6 +80,17 @@ pub fn key_opens_segment(bytes: &[u8], key: &crate::keys::DataKey) -> bool {
     crate::keys::SegmentCipher::new(key).open(&nonce(rh.ordinal), &aad(h.segment, &bytes[HEADER_LEN..start]), &mut buf, &t)
 }
 
+/// Makes `root` (with keys in `key_dir`) a store's root, as the store's own creation would, so
+/// that a fixture written into it opens: a store never adopts a root holding files but no
+/// identity.
+fn fixture_identity(vfs: &Arc<dyn Vfs>, root: &Path, key_dir: &Path) -> Result<crate::StoreId> {
+    let (id, created) = crate::identity::establish(vfs, root, key_dir, 0)?;
+    if created {
+        crate::identity::commit_root(vfs, root, id, 0)?;
+    }
+    Ok(id)
+}
+
 /// A store of `cameras` x `segments_per_camera` sealed segments `segment_us` long from `t0_us`,
 /// written without video: catalog records, real wrapped data keys in the key store, and segment
 /// files holding only their header (so erasure unlinks real files). For the sweep benchmark.
@@ -94,7 +106,9 @@ pub fn synthetic_store(
     use crate::keys::{DataKey, KeyStore};
     use crate::segment::format::SegmentHeader;
     use crate::segment::writer::segment_file_name;
-    let mut ks = KeyStore::open(vfs.clone(), &config.key_dir, kek, t0_us)?;
+    let id = fixture_identity(vfs, &config.root, &config.key_dir)?;
+    kek.bind_store(id)?;
+    let mut ks = KeyStore::open(vfs.clone(), &config.key_dir, kek, t0_us, true)?;
     let first = ks.last_segment().map_or(1, |s| s.0 + 1);
     synthetic_catalog_from(vfs, &config.root, cameras, segments_per_camera, t0_us, segment_us, first)?;
     let total = cameras as u64 * segments_per_camera;

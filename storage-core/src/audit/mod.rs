@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::io::{read_up_to, Vfs};
-use crate::log::{RecordLog, FRAME_LEN, HEADER_LEN};
+use crate::log::{Access, RecordLog, FRAME_LEN, HEADER_LEN};
 use crate::segment::format::le_u32;
 use crate::signing::{hex, sign_hex, verify_hex};
 use crate::{Error, Result};
@@ -115,6 +115,8 @@ pub(crate) struct AuditLog {
     next_seq: u64,
     head: [u8; 32],
     signer: SigningKey,
+    anchor: AnchorFile,
+    poisoned: Option<String>,
 }
 
 fn chain(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
@@ -131,20 +133,189 @@ fn check_text(what: &'static str, s: &str) -> Result<()> {
     Ok(())
 }
 
+/// Name of the anchor file in the key directory.
+pub(crate) const ANCHOR_FILE: &str = "audit.anchor";
+const ANCHOR_MAGIC: &[u8; 8] = b"CAMVANCH";
+/// One anchor slot: magic (8) + seq (8) + log length (8) + entry hash (32) + crc32 (4) + zero
+/// padding (4). The file holds two slots, written alternately, so a torn write of one leaves
+/// the other.
+const ANCHOR_SLOT_BYTES: usize = 64;
+
+/// The last acknowledged entry, kept apart from the log (in the key directory) so that a log
+/// deleted, truncated or rolled back to an older copy is detected at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Anchor {
+    pub seq: u64,
+    pub log_len: u64,
+    pub hash: [u8; 32],
+}
+
+fn encode_anchor(a: &Anchor) -> [u8; ANCHOR_SLOT_BYTES] {
+    let mut b = [0u8; ANCHOR_SLOT_BYTES];
+    b[..8].copy_from_slice(ANCHOR_MAGIC);
+    b[8..16].copy_from_slice(&a.seq.to_le_bytes());
+    b[16..24].copy_from_slice(&a.log_len.to_le_bytes());
+    b[24..56].copy_from_slice(&a.hash);
+    let crc = crc32fast::hash(&b[..56]);
+    b[56..60].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn decode_anchor(b: &[u8]) -> Option<Anchor> {
+    if b.len() < ANCHOR_SLOT_BYTES || &b[..8] != ANCHOR_MAGIC || crc32fast::hash(&b[..56]) != le_u32(b, 56) {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&b[24..56]);
+    Some(Anchor { seq: crate::segment::format::le_u64(b, 8), log_len: crate::segment::format::le_u64(b, 16), hash })
+}
+
+/// Reads the anchor in `key_dir`: `Ok(None)` when there is no anchor file; the newer valid slot
+/// otherwise; an error when the file exists but neither slot is valid.
+pub(crate) fn read_anchor(vfs: &Arc<dyn Vfs>, key_dir: &Path) -> Result<Option<Anchor>> {
+    let path = key_dir.join(ANCHOR_FILE);
+    if !vfs.exists(&path) {
+        return Ok(None);
+    }
+    let f = vfs.open(&path).map_err(|e| Error::io("open audit anchor", &path, e))?;
+    let mut b = [0u8; 2 * ANCHOR_SLOT_BYTES];
+    let n = read_up_to(f.as_ref(), &mut b, 0).map_err(|e| Error::io("read audit anchor", &path, e))?;
+    if n == b.len() && b.iter().all(|&x| x == 0) {
+        // Created before the first entry: nothing anchored yet.
+        return Ok(Some(Anchor { seq: 0, log_len: 0, hash: [0; 32] }));
+    }
+    let slots = [decode_anchor(&b[..n.min(ANCHOR_SLOT_BYTES)]), decode_anchor(b.get(ANCHOR_SLOT_BYTES..n).unwrap_or_default())];
+    match slots.iter().flatten().max_by_key(|a| a.seq) {
+        Some(a) => Ok(Some(*a)),
+        None => {
+            Err(Error::Corrupt { path, offset: Some(0), detail: "audit anchor: neither slot is valid (damaged or overwritten)".into() })
+        }
+    }
+}
+
+/// The anchor file, open for its in-place slot writes.
+struct AnchorFile {
+    path: PathBuf,
+    file: Arc<dyn crate::io::VfsFile>,
+}
+
+impl AnchorFile {
+    fn open(vfs: &Arc<dyn Vfs>, key_dir: &Path) -> Result<AnchorFile> {
+        let path = key_dir.join(ANCHOR_FILE);
+        if !vfs.exists(&path) {
+            // Created whole (two empty slots) before the first entry is anchored.
+            crate::io::write_file_atomic(vfs.as_ref(), key_dir, &path, &[0u8; 2 * ANCHOR_SLOT_BYTES])
+                .map_err(|e| Error::io("create audit anchor", &path, e))?;
+        }
+        let file = vfs.open(&path).map_err(|e| Error::io("open audit anchor", &path, e))?;
+        Ok(AnchorFile { path, file })
+    }
+
+    /// Writes `a` into its slot (by the parity of its seq) and fsyncs; the other slot keeps
+    /// the previous anchor through a torn write.
+    fn store(&self, a: &Anchor) -> Result<()> {
+        let off = (a.seq % 2) * ANCHOR_SLOT_BYTES as u64;
+        self.file.write_at(&encode_anchor(a), off).map_err(|e| Error::io("write audit anchor", &self.path, e))?;
+        self.file.sync_data().map_err(|e| Error::fsync("fsync audit anchor", &self.path, e))
+    }
+}
+
+/// What opening the audit log found that the log itself must record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OpenFindings {
+    /// A torn final write that was cut (its bytes kept beside the log).
+    pub torn: Option<crate::log::TornTail>,
+}
+
 impl AuditLog {
-    pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path, signer: SigningKey) -> Result<AuditLog> {
+    /// Opens the audit log in `dir`, checked against the anchor in `key_dir`. A log the anchor
+    /// says acknowledged entries must be there. Refuses (and changes
+    /// nothing) when the log is missing, shorter than what was acknowledged, holds a different
+    /// entry where the anchor's is, or is damaged anywhere but in a torn final write
+    /// (DESIGN.md "Audit log: tamper model").
+    pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path, key_dir: &Path, signer: SigningKey) -> Result<(AuditLog, OpenFindings)> {
+        let path = dir.join(FILE_NAME);
+        let anchor = read_anchor(vfs, key_dir)?;
+        if anchor.is_some_and(|a| a.seq > 0) && !vfs.exists(&path) {
+            return Err(Error::Corrupt {
+                path: path.clone(),
+                offset: None,
+                detail: match anchor {
+                    Some(a) => format!(
+                        "the audit log is missing, but the anchor in {} records entry {} ({} bytes): it was deleted or moved; restore it",
+                        key_dir.display(),
+                        a.seq,
+                        a.log_len
+                    ),
+                    None => "the audit log is missing".into(),
+                },
+            });
+        }
         let mut next_seq = 1;
         let mut head = [0u8; 32];
-        let log = RecordLog::open(vfs, dir, FILE_NAME, MAGIC, 32 + ENTRY_BYTES_MAX, |_, _, payload| {
-            // Framing only; the chain is checked by verify, so a tampered log still opens and
-            // its damage is reported where it is.
-            if payload.len() >= 32 {
-                head.copy_from_slice(&payload[..32]);
-                next_seq += 1;
+        let mut anchored_hash = None;
+        let log = RecordLog::open(
+            vfs,
+            dir,
+            FILE_NAME,
+            MAGIC,
+            32 + ENTRY_BYTES_MAX,
+            Access::Write { keep_torn: true },
+            anchor.map_or(0, |a| a.log_len),
+            |_, _, payload| {
+                // Framing only; the chain is checked by verify, so a tampered entry whose frame
+                // is whole still opens and its damage is reported where it is.
+                if payload.len() >= 32 {
+                    head.copy_from_slice(&payload[..32]);
+                    if anchor.is_some_and(|a| a.seq == next_seq) {
+                        anchored_hash = Some(head);
+                    }
+                    next_seq += 1;
+                }
+                Ok(())
+            },
+        )?;
+        let entries = next_seq - 1;
+        match anchor {
+            Some(a) if a.seq > entries || (a.seq > 0 && anchored_hash != Some(a.hash)) => {
+                return Err(Error::Corrupt {
+                    path,
+                    offset: None,
+                    detail: format!(
+                        "the anchor in {} records entry {} with hash {}, but the log holds {entries} entries{}: it was truncated, rolled back or replaced",
+                        key_dir.display(),
+                        a.seq,
+                        hex(&a.hash),
+                        if a.seq <= entries { " and another entry in that place" } else { "" }
+                    ),
+                });
             }
-            Ok(())
-        })?;
-        Ok(AuditLog { path: dir.join(FILE_NAME), log, next_seq, head, signer })
+            // Each append fsyncs the log, then the anchor, before the next begins: a crash
+            // loses at most the last anchor write, so the log is at most one entry ahead.
+            Some(a) if entries > a.seq + 1 => {
+                return Err(Error::Corrupt {
+                    path: key_dir.join(ANCHOR_FILE),
+                    offset: None,
+                    detail: format!(
+                        "the anchor records entry {} but the log holds {entries} entries: the anchor was rolled back or overwritten (a key directory restored from an older copy?)",
+                        a.seq
+                    ),
+                });
+            }
+            None if entries > 0 => {
+                return Err(Error::Corrupt {
+                    path: key_dir.join(ANCHOR_FILE),
+                    offset: None,
+                    detail: format!(
+                        "the audit log holds {entries} entries but its anchor is missing: it was deleted; restore the key directory"
+                    ),
+                });
+            }
+            _ => {}
+        }
+        let anchor_file = AnchorFile::open(vfs, key_dir)?;
+        let findings = OpenFindings { torn: log.torn().cloned() };
+        Ok((AuditLog { path, log, next_seq, head, signer, anchor: anchor_file, poisoned: None }, findings))
     }
 
     /// Appends an entry (and a signed checkpoint when one is due); fsynced before returning.
@@ -187,6 +358,9 @@ impl AuditLog {
     }
 
     fn push(&mut self, at_us: i64, record: AuditRecord) -> Result<AuditEntry> {
+        if let Some(p) = &self.poisoned {
+            return Err(Error::Poisoned(p.clone()));
+        }
         let entry = AuditEntry { seq: self.next_seq, at_us, record, prev_hash: hex(&self.head) };
         let body = serde_json::to_vec(&entry).map_err(|e| Error::InvalidArgument(format!("audit entry does not encode: {e}")))?;
         if body.len() > ENTRY_BYTES_MAX {
@@ -199,6 +373,13 @@ impl AuditLog {
         self.log.append(RECORD_TYPE, payload)?;
         self.head = hash;
         self.next_seq += 1;
+        // After the log's fsync: an anchor is never ahead of what the log holds durably.
+        if let Err(e) = self.anchor.store(&Anchor { seq: entry.seq, log_len: self.log.len(), hash }) {
+            // Never retried and trusted: later appends fail until the store is reopened (which
+            // checks the log against whatever anchor reached the disk).
+            self.poisoned = Some(format!("audit anchor write failed: {e}"));
+            return Err(e);
+        }
         Ok(entry)
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::io::Vfs;
-use crate::log::RecordLog;
+use crate::log::{Access, RecordLog};
 use crate::segment::format::{le_i64, le_u32, le_u64, CAMERA_ID_BYTES_MAX};
 use crate::{Error, Result, SegmentId};
 
@@ -131,11 +131,11 @@ pub(crate) struct Loaded {
 
 impl Catalog {
     /// Opens (or creates) the catalog in `dir` and replays it into per-segment entries.
-    pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path) -> Result<Loaded> {
+    pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path, access: Access) -> Result<Loaded> {
         let mut entries: BTreeMap<SegmentId, CatalogEntry> = BTreeMap::new();
         let mut max_segment = None;
         let path = dir.join(FILE_NAME);
-        let log = RecordLog::open(vfs, dir, FILE_NAME, MAGIC, RECORD_PAYLOAD_BYTES_MAX, |pos, ty, payload| {
+        let log = RecordLog::open(vfs, dir, FILE_NAME, MAGIC, RECORD_PAYLOAD_BYTES_MAX, access, 0, |pos, ty, payload| {
             let corrupt = |detail: String| Error::Corrupt { path: path.clone(), offset: Some(pos), detail };
             let Some(rec) = CatalogRecord::decode(ty, payload) else {
                 return Err(corrupt("catalog record has a valid CRC but an unknown type or shape".into()));

@@ -124,6 +124,12 @@ impl Vfs for FaultyVfs {
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
         self.inner.list_dir(path)
     }
+    fn try_lock(&self, path: &Path, mode: super::LockMode) -> io::Result<Box<dyn super::VfsLock>> {
+        self.inner.try_lock(path, mode)
+    }
+    fn mode(&self, path: &Path) -> io::Result<Option<u32>> {
+        self.inner.mode(path)
+    }
     fn exists(&self, path: &Path) -> bool {
         self.inner.exists(path)
     }

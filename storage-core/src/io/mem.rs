@@ -50,6 +50,9 @@ struct State {
     durable: BTreeMap<PathBuf, Arc<Mutex<FileData>>>,
     dirs: BTreeSet<PathBuf>,
     journal: Option<Vec<WriteRecord>>,
+    /// Held locks: -1 exclusive, n > 0 shared by n holders. A crash releases them all, as the
+    /// kernel releases a dead process's `flock`s.
+    locks: BTreeMap<PathBuf, i64>,
 }
 
 /// The in-memory [`Vfs`]. Cloning shares the same file system.
@@ -141,6 +144,27 @@ impl MemVfs {
     }
 }
 
+struct MemLock {
+    path: PathBuf,
+    fs: Arc<Mutex<State>>,
+}
+
+impl super::VfsLock for MemLock {}
+
+impl Drop for MemLock {
+    fn drop(&mut self) {
+        let mut st = lock(&self.fs);
+        match st.locks.get(&self.path).copied() {
+            Some(n) if n > 1 => {
+                st.locks.insert(self.path.clone(), n - 1);
+            }
+            _ => {
+                st.locks.remove(&self.path);
+            }
+        }
+    }
+}
+
 fn not_found(path: &Path) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
 }
@@ -213,6 +237,22 @@ impl Vfs for MemVfs {
     fn exists(&self, path: &Path) -> bool {
         let st = lock(&self.state);
         st.live.contains_key(path) || st.dirs.contains(path)
+    }
+
+    fn try_lock(&self, path: &Path, mode: super::LockMode) -> io::Result<Box<dyn super::VfsLock>> {
+        let mut st = lock(&self.state);
+        let held = st.locks.get(path).copied().unwrap_or(0);
+        let next = match mode {
+            super::LockMode::Exclusive if held == 0 => -1,
+            super::LockMode::Shared if held >= 0 => held + 1,
+            _ => return Err(io::Error::from(io::ErrorKind::WouldBlock)),
+        };
+        st.locks.insert(path.to_path_buf(), next);
+        Ok(Box::new(MemLock { path: path.to_path_buf(), fs: self.state.clone() }))
+    }
+
+    fn mode(&self, _path: &Path) -> io::Result<Option<u32>> {
+        Ok(None)
     }
 }
 

@@ -38,7 +38,32 @@ pub trait Vfs: Send + Sync + 'static {
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
     /// Whether `path` exists.
     fn exists(&self, path: &Path) -> bool;
+    /// Takes an advisory lock on the file `path` (created if missing) for as long as the
+    /// returned guard lives: exclusive for a writer, shared for a reader. Fails with
+    /// [`io::ErrorKind::WouldBlock`] while another process (or another open) holds a
+    /// conflicting lock; never waits.
+    fn try_lock(&self, path: &Path, mode: LockMode) -> io::Result<Box<dyn VfsLock>>;
+    /// The file's permission bits (`st_mode & 0o7777`), when the file system has them.
+    fn mode(&self, path: &Path) -> io::Result<Option<u32>>;
 }
+
+/// How a [`Vfs::try_lock`] lock is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// One holder: a process that writes the store.
+    Exclusive,
+    /// Any number of readers, no writer.
+    Shared,
+}
+
+/// A held lock; dropping it releases the lock.
+pub trait VfsLock: Send + Sync {}
+
+/// Permission bits of files the engine creates: owner read and write only. Key files must
+/// never be readable by another local user (DESIGN.md "File modes").
+pub const FILE_MODE: u32 = 0o600;
+/// Permission bits of directories the engine creates: owner only.
+pub const DIR_MODE: u32 = 0o700;
 
 /// An open file addressed by absolute offsets (no shared cursor, so readers never race writers).
 #[allow(clippy::len_without_is_empty, reason = "a file's length is a size, not a collection's")]

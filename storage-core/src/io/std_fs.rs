@@ -2,18 +2,24 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Vfs, VfsFile};
+use super::{LockMode, Vfs, VfsFile, VfsLock, DIR_MODE, FILE_MODE};
 
 /// [`Vfs`] over `std::fs`, with `fdatasync` for [`VfsFile::sync_data`] and an `fsync` of the
-/// directory for [`Vfs::sync_dir`].
+/// directory for [`Vfs::sync_dir`]. Files are created 0600 and directories 0700 whatever the
+/// umask; locks are `flock(2)` locks, released by the kernel when the process dies.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StdVfs;
 
 struct StdFile(File);
+
+/// An open file holding a `flock`; closing it releases the lock.
+struct StdLock(#[allow(dead_code, reason = "held for its lock")] File);
+
+impl VfsLock for StdLock {}
 
 impl VfsFile for StdFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
@@ -35,10 +41,10 @@ impl VfsFile for StdFile {
 
 impl Vfs for StdVfs {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(path)
+        std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(path)
     }
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn VfsFile>> {
-        let f = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        let f = OpenOptions::new().read(true).write(true).create_new(true).mode(FILE_MODE).open(path)?;
         Ok(Arc::new(StdFile(f)))
     }
     fn open(&self, path: &Path) -> io::Result<Arc<dyn VfsFile>> {
@@ -64,5 +70,20 @@ impl Vfs for StdVfs {
     }
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+    fn try_lock(&self, path: &Path, mode: LockMode) -> io::Result<Box<dyn VfsLock>> {
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(FILE_MODE).open(path)?;
+        let res = match mode {
+            LockMode::Exclusive => f.try_lock(),
+            LockMode::Shared => f.try_lock_shared(),
+        };
+        match res {
+            Ok(()) => Ok(Box::new(StdLock(f))),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+    fn mode(&self, path: &Path) -> io::Result<Option<u32>> {
+        Ok(Some(std::fs::metadata(path)?.permissions().mode() & 0o7777))
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::io::{read_exact_at, write_file_atomic, Vfs};
 use crate::keys::{random_bytes, DataKey, KekId, KekProvider, SegmentCipher};
-use crate::{Error, Result};
+use crate::{Error, Result, StoreId};
 
 const KEK_FILE_PREFIX: &str = "kek-";
 const KEK_FILE_SUFFIX: &str = ".key";
@@ -57,6 +57,13 @@ fn parse_name(name: &str) -> Option<KekId> {
 }
 
 impl KekProvider for FileKekProvider {
+    fn bind_store(&self, store: StoreId) -> Result<()> {
+        // Refuses the directory of another store before any KEK in it is listed, used or
+        // destroyed; then refuses KEK files other users could read.
+        crate::identity::bind_kek_dir(&self.vfs, &self.dir, store, 0)?;
+        crate::identity::check_private_dir(&self.vfs, &self.dir)
+    }
+
     fn create_kek(&self) -> Result<KekId> {
         let _g = self.lock.lock().map_err(|_| Error::Key("KEK provider lock poisoned".into()))?;
         let next = self.list_keks()?.last().map_or(1, |k| k.0 + 1);

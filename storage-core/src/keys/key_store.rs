@@ -285,10 +285,13 @@ fn write_generation(
 }
 
 impl KeyStore {
-    /// Opens the newest key store generation in `dir`, or creates generation 1 under a new KEK.
-    /// Finishes a rotation a crash interrupted (destroys the older generations' KEKs and files,
-    /// and any KEK no generation uses), and cuts a torn last record.
-    pub fn open(vfs: Arc<dyn Vfs>, dir: &Path, provider: Arc<dyn KekProvider>, now_us: i64) -> Result<Self> {
+    /// Opens the newest key store generation in `dir`, or, when `may_create` (a store that has
+    /// never created a segment), creates generation 1 under a new KEK. Finishes a rotation a
+    /// crash interrupted (destroys the older generations' KEKs and files, and any KEK of this
+    /// store's provider that no generation uses), and cuts a torn last record. `provider` must
+    /// be bound to the store ([`KekProvider::bind_store`]): only this store's KEKs are ever
+    /// destroyed.
+    pub fn open(vfs: Arc<dyn Vfs>, dir: &Path, provider: Arc<dyn KekProvider>, now_us: i64, may_create: bool) -> Result<Self> {
         vfs.create_dir_all(dir).map_err(|e| Error::io("create key store directory", dir, e))?;
         let names = vfs.list_dir(dir).map_err(|e| Error::io("list key store", dir, e))?;
         for n in names.iter().filter(|n| n.ends_with(".tmp")) {
@@ -299,6 +302,15 @@ impl KeyStore {
         let mut gens: Vec<u64> = names.iter().filter_map(|n| parse_generation(n)).collect();
         gens.sort_unstable();
         let Some(&newest) = gens.last() else {
+            if !may_create {
+                // Creating generation 1 here would hide the loss (and destroy the KEKs that
+                // could unwrap a backup of the key store).
+                return Err(Error::Identity(format!(
+                    "the key directory {} holds no key store generation, but this store has written segments: \
+                     restore the key directory from its backup; nothing was created or destroyed",
+                    dir.display()
+                )));
+            }
             let (path, file, kek, gk, _, _) = write_generation(&vfs, dir, &provider, 1, now_us, |_, _| Ok(()))?;
             let ks = KeyStore {
                 vfs,
@@ -603,7 +615,8 @@ mod tests {
     fn open(vfs: &MemVfs) -> KeyStore {
         let v: Arc<dyn Vfs> = Arc::new(vfs.clone());
         let kek = Arc::new(FileKekProvider::open(v.clone(), "/kek").expect("kek"));
-        KeyStore::open(v, Path::new("/keys"), kek, 0).expect("open")
+        kek.bind_store(crate::StoreId([9; 16])).expect("bind");
+        KeyStore::open(v, Path::new("/keys"), kek, 0, true).expect("open")
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub use key_store::{inspect, KeyStore, Rotation};
 #[cfg(feature = "pkcs11")]
 pub use pkcs11::Pkcs11KekProvider;
 
-use crate::{Result, SegmentId};
+use crate::{Result, SegmentId, StoreId};
 
 /// Identifies one key-encryption key inside a provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -30,6 +30,10 @@ pub const WRAPPED_KEY_BYTES_MAX: usize = 80;
 /// Holds key-encryption keys and wraps data keys with them. Implementations must never write an
 /// unwrapped data key anywhere.
 pub trait KekProvider: Send + Sync + 'static {
+    /// Binds the provider to one store before any other call: a provider that belongs to
+    /// another store is refused ([`crate::Error::Identity`]), and afterwards the provider
+    /// creates, lists and destroys only this store's KEKs. A store calls it at open.
+    fn bind_store(&self, store: StoreId) -> Result<()>;
     /// Creates a new KEK and returns its id.
     fn create_kek(&self) -> Result<KekId>;
     /// Wraps `key` under `kek`, binding `aad` (the segment id) into the result.

@@ -13,14 +13,17 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 
 use crate::keys::{random_bytes, DataKey, KekId, KekProvider};
-use crate::{Error, Result};
+use crate::{Error, Result, StoreId};
 
-/// KEKs as AES-256 objects labelled `<prefix><id as 16 hex digits>` on one token.
+/// KEKs as AES-256 objects labelled `<prefix><store id>-<id as 16 hex digits>` on one token,
+/// so several stores can share a token and one never lists, uses or destroys another's KEKs.
 pub struct Pkcs11KekProvider {
     // Field order matters: the session closes before the library is finalised.
     session: Mutex<Session>,
     _ctx: Pkcs11,
     prefix: String,
+    /// `<prefix><store id>-`, set once by [`KekProvider::bind_store`].
+    store_prefix: std::sync::OnceLock<String>,
 }
 
 fn err(what: &str) -> impl Fn(cryptoki::error::Error) -> Error + '_ {
@@ -45,11 +48,20 @@ impl Pkcs11KekProvider {
         let slot = found.ok_or_else(|| Error::Key(format!("no PKCS#11 token labelled {token_label:?}")))?;
         let session = ctx.open_rw_session(slot).map_err(err("open session"))?;
         session.login(UserType::User, Some(&AuthPin::new(pin.into()))).map_err(err("login"))?;
-        Ok(Pkcs11KekProvider { session: Mutex::new(session), _ctx: ctx, prefix: label_prefix.to_string() })
+        Ok(Pkcs11KekProvider {
+            session: Mutex::new(session),
+            _ctx: ctx,
+            prefix: label_prefix.to_string(),
+            store_prefix: std::sync::OnceLock::new(),
+        })
     }
 
-    fn label(&self, id: KekId) -> Vec<u8> {
-        format!("{}{:016x}", self.prefix, id.0).into_bytes()
+    fn store_prefix(&self) -> Result<&str> {
+        self.store_prefix.get().map(String::as_str).ok_or_else(|| Error::Key("PKCS#11 provider used before it was bound to a store".into()))
+    }
+
+    fn label(&self, id: KekId) -> Result<Vec<u8>> {
+        Ok(format!("{}{:016x}", self.store_prefix()?, id.0).into_bytes())
     }
 
     fn session(&self) -> Result<std::sync::MutexGuard<'_, Session>> {
@@ -58,12 +70,24 @@ impl Pkcs11KekProvider {
 
     fn handle(&self, s: &Session, id: KekId) -> Result<ObjectHandle> {
         let found =
-            s.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(self.label(id))]).map_err(err("find KEK"))?;
+            s.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(self.label(id)?)]).map_err(err("find KEK"))?;
         found.into_iter().next().ok_or_else(|| Error::Key(format!("KEK {} is not held (destroyed or never created)", id.0)))
     }
 }
 
 impl KekProvider for Pkcs11KekProvider {
+    fn bind_store(&self, store: StoreId) -> Result<()> {
+        let want = format!("{}{store}-", self.prefix);
+        match self.store_prefix.get() {
+            Some(p) if *p != want => Err(Error::Identity(format!("PKCS#11 provider already bound to another store ({p})"))),
+            Some(_) => Ok(()),
+            None => {
+                let _ = self.store_prefix.set(want);
+                Ok(())
+            }
+        }
+    }
+
     fn create_kek(&self) -> Result<KekId> {
         let next = self.list_keks()?.last().map_or(1, |k| k.0 + 1);
         let id = KekId(next);
@@ -78,7 +102,7 @@ impl KekProvider for Pkcs11KekProvider {
             Attribute::Extractable(false),
             Attribute::Encrypt(true),
             Attribute::Decrypt(true),
-            Attribute::Label(self.label(id)),
+            Attribute::Label(self.label(id)?),
         ];
         s.generate_key(&Mechanism::AesKeyGen, &template).map_err(err("generate KEK"))?;
         Ok(id)
@@ -126,6 +150,7 @@ impl KekProvider for Pkcs11KekProvider {
     }
 
     fn list_keks(&self) -> Result<Vec<KekId>> {
+        let prefix = self.store_prefix()?;
         let s = self.session()?;
         let handles = s.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Token(true)]).map_err(err("list KEKs"))?;
         let mut ids = Vec::new();
@@ -133,7 +158,7 @@ impl KekProvider for Pkcs11KekProvider {
             for a in s.get_attributes(h, &[AttributeType::Label]).map_err(err("read label"))? {
                 if let Attribute::Label(l) = a {
                     let label = String::from_utf8_lossy(&l).to_string();
-                    if let Some(id) = label.strip_prefix(&self.prefix).and_then(|hex| u64::from_str_radix(hex, 16).ok()) {
+                    if let Some(id) = label.strip_prefix(prefix).and_then(|hex| u64::from_str_radix(hex, 16).ok()) {
                         ids.push(KekId(id));
                     }
                 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::io::Vfs;
-use crate::log::RecordLog;
+use crate::log::{Access, RecordLog};
 use crate::store::Span;
 use crate::{Error, Result};
 
@@ -113,6 +113,9 @@ pub struct EraseIntent {
     pub at_us: i64,
     /// The segments.
     pub segments: Vec<ErasedSegment>,
+    /// Why, as the requester gave it (decommissions); empty for retention.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 /// Proof of an erasure, also written to the audit log.
@@ -182,40 +185,49 @@ impl ControlState {
         let mut pending = BTreeMap::new();
         let (mut next_hold, mut next_erase) = (1, 1);
         let path = dir.join(FILE_NAME);
-        let log = RecordLog::open(vfs, dir, FILE_NAME, MAGIC, CONTROL_PAYLOAD_BYTES_MAX, |pos, ty, payload| {
-            let rec: ControlRecord = match (ty, serde_json::from_slice(payload)) {
-                (RECORD_TYPE, Ok(r)) => r,
-                _ => {
-                    return Err(Error::Corrupt {
-                        path: path.clone(),
-                        offset: Some(pos),
-                        detail: "control record has a valid CRC but does not decode".into(),
-                    })
-                }
-            };
-            match rec {
-                ControlRecord::RetentionSet { camera, days, .. } => {
-                    per_camera.insert(camera, days);
-                }
-                ControlRecord::HoldPlaced(h) => {
-                    next_hold = next_hold.max(h.id + 1);
-                    holds.insert(h.id, h);
-                }
-                ControlRecord::HoldReleased { id, release } => {
-                    if let Some(h) = holds.get_mut(&id) {
-                        h.released = Some(release);
+        let log = RecordLog::open(
+            vfs,
+            dir,
+            FILE_NAME,
+            MAGIC,
+            CONTROL_PAYLOAD_BYTES_MAX,
+            Access::Write { keep_torn: false },
+            0,
+            |pos, ty, payload| {
+                let rec: ControlRecord = match (ty, serde_json::from_slice(payload)) {
+                    (RECORD_TYPE, Ok(r)) => r,
+                    _ => {
+                        return Err(Error::Corrupt {
+                            path: path.clone(),
+                            offset: Some(pos),
+                            detail: "control record has a valid CRC but does not decode".into(),
+                        })
+                    }
+                };
+                match rec {
+                    ControlRecord::RetentionSet { camera, days, .. } => {
+                        per_camera.insert(camera, days);
+                    }
+                    ControlRecord::HoldPlaced(h) => {
+                        next_hold = next_hold.max(h.id + 1);
+                        holds.insert(h.id, h);
+                    }
+                    ControlRecord::HoldReleased { id, release } => {
+                        if let Some(h) = holds.get_mut(&id) {
+                            h.released = Some(release);
+                        }
+                    }
+                    ControlRecord::EraseIntent(i) => {
+                        next_erase = next_erase.max(i.erase_id + 1);
+                        pending.insert(i.erase_id, i);
+                    }
+                    ControlRecord::EraseDone { erase_id, .. } => {
+                        pending.remove(&erase_id);
                     }
                 }
-                ControlRecord::EraseIntent(i) => {
-                    next_erase = next_erase.max(i.erase_id + 1);
-                    pending.insert(i.erase_id, i);
-                }
-                ControlRecord::EraseDone { erase_id, .. } => {
-                    pending.remove(&erase_id);
-                }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         Ok(ControlState { log, default_days, per_camera, holds, pending, next_hold, next_erase })
     }
 

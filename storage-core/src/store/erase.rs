@@ -55,6 +55,93 @@ impl EraseCertificate {
     }
 }
 
+/// The erase rule of a decommission's intent.
+const DECOMMISSION_RULE: &str = "decommission";
+/// Name of the decommission marker, written into both the root and the key directory.
+pub(crate) const DECOMMISSION_MARKER: &str = "decommissioned.json";
+
+/// What the decommission markers hold: who started it, and the certificate once finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DecommissionMarker {
+    pub store_id: String,
+    pub erase_id: u64,
+    pub actor: String,
+    pub reason: String,
+    pub started_us: i64,
+    #[serde(default)]
+    pub certificate: Option<EraseCertificate>,
+}
+
+impl DecommissionMarker {
+    fn started(inner: &Inner, intent: &EraseIntent) -> DecommissionMarker {
+        DecommissionMarker {
+            store_id: inner.id.to_string(),
+            erase_id: intent.erase_id,
+            actor: intent.actor.clone(),
+            reason: intent.reason.clone(),
+            started_us: intent.at_us,
+            certificate: None,
+        }
+    }
+
+    /// What every later call is told.
+    fn summary(&self) -> String {
+        format!(
+            "store {} was decommissioned by {:?} ({:?}) at {} us since the epoch; its keys are destroyed and it accepts no writes or reads of video; \
+             the signed certificate is in {DECOMMISSION_MARKER} and in the audit log",
+            self.store_id, self.actor, self.reason, self.started_us
+        )
+    }
+}
+
+fn write_decommission_marker(inner: &Inner, m: &DecommissionMarker) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(m).map_err(|e| Error::InvalidArgument(format!("decommission marker: {e}")))?;
+    for dir in [&inner.config.key_dir, &inner.config.root] {
+        let path = dir.join(DECOMMISSION_MARKER);
+        crate::io::write_file_atomic(inner.vfs.as_ref(), dir, &path, &bytes)
+            .map_err(|e| Error::io("write decommission marker", &path, e))?;
+    }
+    Ok(())
+}
+
+/// The decommission marker of the store at `root` / `key_dir`, if either holds one (the key
+/// directory's wins: it is written first).
+pub(crate) fn read_decommission_marker(
+    vfs: &std::sync::Arc<dyn crate::io::Vfs>,
+    root: &std::path::Path,
+    key_dir: &std::path::Path,
+) -> Result<Option<DecommissionMarker>> {
+    let key_marker = key_dir.join(DECOMMISSION_MARKER);
+    let root_marker = root.join(DECOMMISSION_MARKER);
+    if !vfs.exists(&key_marker) {
+        if vfs.exists(&root_marker) {
+            // The key directory's marker is written first, so no crash leaves only the root's.
+            return Err(Error::Corrupt {
+                path: root_marker,
+                offset: None,
+                detail: format!("the root says the store was decommissioned but the key directory {} does not", key_dir.display()),
+            });
+        }
+        return Ok(None);
+    }
+    {
+        let path = key_marker;
+        let f = vfs.open(&path).map_err(|e| Error::io("open decommission marker", &path, e))?;
+        let len = f.len().map_err(|e| Error::io("stat decommission marker", &path, e))?;
+        if len > crate::audit::ENTRY_BYTES_MAX as u64 * 16 {
+            return Err(Error::Corrupt { path, offset: None, detail: format!("decommission marker of {len} bytes") });
+        }
+        let mut buf = vec![0u8; len as usize];
+        crate::io::read_exact_at(f.as_ref(), &mut buf, 0).map_err(|e| Error::io("read decommission marker", &path, e))?;
+        // A damaged marker refuses the open: neither writes nor a destroying finish.
+        serde_json::from_slice(&buf).map(Some).map_err(|e| Error::Corrupt {
+            path,
+            offset: None,
+            detail: format!("decommission marker does not parse: {e}"),
+        })
+    }
+}
+
 fn lock<'a, T>(m: &'a std::sync::Mutex<T>, what: &str) -> Result<MutexGuard<'a, T>> {
     m.lock().map_err(|_| Error::Poisoned(format!("{what} lock")))
 }
@@ -100,8 +187,22 @@ impl Inner {
 
     /// Makes an erasure durable as an intent, then drops its segments from the index: from
     /// here on nothing reads them and no hold can claim them.
-    fn commit_intent(&self, ctl: &mut ControlState, rule: &str, actor: &str, segments: Vec<ErasedSegment>) -> Result<EraseIntent> {
-        let intent = EraseIntent { erase_id: ctl.next_erase, rule: rule.into(), actor: actor.into(), at_us: self.clock.now_us(), segments };
+    fn commit_intent(
+        &self,
+        ctl: &mut ControlState,
+        rule: &str,
+        actor: &str,
+        reason: &str,
+        segments: Vec<ErasedSegment>,
+    ) -> Result<EraseIntent> {
+        let intent = EraseIntent {
+            erase_id: ctl.next_erase,
+            rule: rule.into(),
+            actor: actor.into(),
+            at_us: self.clock.now_us(),
+            segments,
+            reason: reason.into(),
+        };
         ctl.append(&ControlRecord::EraseIntent(intent.clone()))?;
         ctl.next_erase += 1;
         ctl.pending.insert(intent.erase_id, intent.clone());
@@ -125,7 +226,10 @@ impl Inner {
     /// audit receipt; control EraseDone.
     pub(crate) fn run_erase(&self, ctl: &mut ControlState, intent: &EraseIntent) -> Result<EraseReceipt> {
         let ids: BTreeSet<SegmentId> = intent.segments.iter().map(|s| SegmentId(s.segment)).collect();
-        let rotation = lock(&self.keys, "key store")?.rotate(&ids, self.clock.now_us())?;
+        let rotation = lock(&self.keys, "key store")?
+            .as_mut()
+            .ok_or_else(|| Error::Decommissioned("the key store was destroyed".into()))?
+            .rotate(&ids, self.clock.now_us())?;
         let mut dirs = BTreeSet::new();
         for s in &intent.segments {
             let seg = self.segment_path(&s.camera, SegmentId(s.segment));
@@ -176,9 +280,122 @@ impl Inner {
         for intent in pending {
             tracing::warn!(erase_id = intent.erase_id, "finishing an erasure interrupted by a crash");
             self.unindex(&intent.segments)?;
+            if intent.rule == DECOMMISSION_RULE {
+                // Its marker was written before any key was destroyed, so a crash after the
+                // intent and before the marker left every key whole: the decommission is
+                // finished now, never run as a rotation.
+                write_decommission_marker(self, &DecommissionMarker::started(self, &intent))?;
+                let marker = self.finish_decommission(&mut ctl, &intent)?;
+                *lock(&self.decommissioned, "decommission state")? = Some(marker.summary());
+                continue;
+            }
             self.run_erase(&mut ctl, &intent)?;
         }
         Ok(())
+    }
+
+    /// At open of a decommissioned store: finishes a decommission a crash interrupted, then
+    /// refuses everything but the audit log from here on.
+    pub(crate) fn open_decommissioned(&self, marker: DecommissionMarker) -> Result<()> {
+        let marker = if marker.certificate.is_none() {
+            let mut ctl = lock(&self.control, "control")?;
+            // Keys are destroyed only for a decommission the control log decided: a marker
+            // alone (written by anyone who can write the key directory) destroys nothing.
+            let Some(intent) = ctl.pending.get(&marker.erase_id).filter(|i| i.rule == DECOMMISSION_RULE).cloned() else {
+                return Err(Error::Corrupt {
+                    path: self.config.key_dir.join(DECOMMISSION_MARKER),
+                    offset: None,
+                    detail: format!(
+                        "the marker says decommission {} started, but the control log holds no such pending decommission: nothing is destroyed; \
+                         restore the store's directories or remove a marker placed by mistake",
+                        marker.erase_id
+                    ),
+                });
+            };
+            tracing::warn!(erase_id = intent.erase_id, "finishing a decommission interrupted by a crash");
+            self.finish_decommission(&mut ctl, &intent)?
+        } else {
+            marker
+        };
+        *lock(&self.decommissioned, "decommission state")? = Some(marker.summary());
+        Ok(())
+    }
+
+    /// The destructive half of a decommission (idempotent): every KEK of this store destroyed,
+    /// the key store removed, every segment file unlinked, catalog Erased, the certificate
+    /// signed, audited and written into the markers, control EraseDone.
+    fn finish_decommission(&self, ctl: &mut ControlState, intent: &EraseIntent) -> Result<DecommissionMarker> {
+        let generation = {
+            let mut keys = lock(&self.keys, "key store")?;
+            match keys.take() {
+                Some(mut ks) => {
+                    let g = ks.generation();
+                    ks.destroy_all()?;
+                    Some(g)
+                }
+                None => None,
+            }
+        };
+        // Whatever else this store's provider still holds (a crash between steps, a rotation's
+        // spare KEK): the provider is bound to this store, so these are its own.
+        let mut destroyed: Vec<u64> = Vec::new();
+        for k in self.kek.list_keks()? {
+            self.kek.destroy_kek(k)?;
+            destroyed.push(k.0);
+        }
+        let key_dir = &self.config.key_dir;
+        let names = self.vfs.list_dir(key_dir).map_err(|e| Error::io("list key directory", key_dir, e))?;
+        for n in names.iter().filter(|n| n.starts_with("keystore-")) {
+            let p = key_dir.join(n);
+            self.vfs.remove_file(&p).map_err(|e| Error::io("remove key store", &p, e))?;
+        }
+        self.vfs.sync_dir(key_dir).map_err(|e| Error::io("fsync key directory", key_dir, e))?;
+        for s in &intent.segments {
+            let seg = self.segment_path(&s.camera, SegmentId(s.segment));
+            let kfi = self.seg_root().join(&s.camera).join(kfi_file_name(SegmentId(s.segment)));
+            for p in [seg, kfi] {
+                if self.vfs.exists(&p) {
+                    self.vfs.remove_file(&p).map_err(|e| Error::io("unlink segment", &p, e))?;
+                }
+            }
+        }
+        let recs: Vec<CatalogRecord> = intent.segments.iter().map(|s| CatalogRecord::Erased { segment: SegmentId(s.segment) }).collect();
+        lock(&self.catalog, "catalog")?.append_many(&recs)?;
+        let document = serde_json::json!({
+            "type": "camvault-erase-certificate",
+            "version": 2,
+            "store_id": self.id.to_string(),
+            "volume": self.config.root.display().to_string(),
+            "key_dir": self.config.key_dir.display().to_string(),
+            "started_us": intent.at_us,
+            "completed_us": self.clock.now_us(),
+            "actor": intent.actor,
+            "reason": intent.reason,
+            "method": "cryptographic erase (NIST SP 800-88): KEKs destroyed, data keys unrecoverable, key store and segment files removed",
+            "keks_destroyed": destroyed,
+            "key_store_generation": generation,
+            "segment_count": intent.segments.len(),
+            "segments": intent.segments,
+        })
+        .to_string();
+        let signer = lock(&self.audit, "audit")?.signer().clone();
+        let cert = EraseCertificate {
+            signature: sign_hex(&signer, document.as_bytes()),
+            public_key: hex(signer.verifying_key().as_bytes()),
+            document,
+        };
+        self.audit_append(AuditRecord {
+            actor: intent.actor.clone(),
+            action: "decommission".into(),
+            detail: serde_json::to_value(&cert).unwrap_or_default(),
+            ..AuditRecord::default()
+        })?;
+        let mut marker = DecommissionMarker::started(self, intent);
+        marker.certificate = Some(cert);
+        write_decommission_marker(self, &marker)?;
+        ctl.append(&ControlRecord::EraseDone { erase_id: intent.erase_id, at_us: self.clock.now_us() })?;
+        ctl.pending.remove(&intent.erase_id);
+        Ok(marker)
     }
 
     pub(crate) fn sweep(&self, only: Option<&str>, actor: &str) -> Result<SweepReport> {
@@ -190,7 +407,7 @@ impl Inner {
             if batch.is_empty() {
                 return Ok(report);
             }
-            let intent = self.commit_intent(&mut ctl, "retention", actor, batch)?;
+            let intent = self.commit_intent(&mut ctl, "retention", actor, "", batch)?;
             report.receipts.push(self.run_erase(&mut ctl, &intent)?);
         }
     }
@@ -258,7 +475,7 @@ impl Store {
                 max: ERASE_BATCH_SEGMENTS_MAX as u64,
             });
         }
-        let mut intent = self.inner.commit_intent(&mut ctl, "explicit", actor, chosen)?;
+        let mut intent = self.inner.commit_intent(&mut ctl, "explicit", actor, reason, chosen)?;
         intent.rule = format!("explicit: {reason}");
         self.inner.run_erase(&mut ctl, &intent)
     }
@@ -410,51 +627,18 @@ impl Store {
                 "decommission refused: {unexpired} segments are unexpired; nothing unexpired is ever deleted (move or let them expire first)"
             )));
         }
-        let intent = self.inner.commit_intent(&mut ctl, "decommission", actor, all)?;
-        let (generation, kek) = {
-            let mut keys = lock(&self.inner.keys, "key store")?;
-            let generation = keys.generation();
-            let kek = keys.destroy_all()?;
-            (generation, kek)
-        };
-        for s in &intent.segments {
-            let p = self.inner.segment_path(&s.camera, SegmentId(s.segment));
-            if self.inner.vfs.exists(&p) {
-                self.inner.vfs.remove_file(&p).map_err(|e| Error::io("unlink segment", &p, e))?;
-            }
-        }
-        let recs: Vec<CatalogRecord> = intent.segments.iter().map(|s| CatalogRecord::Erased { segment: SegmentId(s.segment) }).collect();
-        lock(&self.inner.catalog, "catalog")?.append_many(&recs)?;
-        let document = serde_json::json!({
-            "type": "camvault-erase-certificate",
-            "version": 1,
-            "volume": self.inner.config.root.display().to_string(),
-            "completed_us": self.inner.clock.now_us(),
-            "actor": actor,
-            "reason": reason,
-            "method": "cryptographic erase (NIST SP 800-88): KEK destroyed, data keys unrecoverable, segment files removed",
-            "kek_destroyed": kek.0,
-            "key_store_generation": generation,
-            "segment_count": intent.segments.len(),
-            "segments": intent.segments,
-        })
-        .to_string();
-        let signer = lock(&self.inner.audit, "audit")?.signer().clone();
-        let cert = EraseCertificate {
-            signature: sign_hex(&signer, document.as_bytes()),
-            public_key: hex(signer.verifying_key().as_bytes()),
-            document,
-        };
-        self.inner.audit_append(AuditRecord {
-            actor: actor.into(),
-            action: "decommission".into(),
-            detail: serde_json::to_value(&cert).unwrap_or_default(),
-            ..AuditRecord::default()
-        })?;
-        ctl.append(&ControlRecord::EraseDone { erase_id: intent.erase_id, at_us: self.inner.clock.now_us() })?;
-        ctl.pending.remove(&intent.erase_id);
-        self.inner.decommissioned.store(true, Ordering::SeqCst);
-        Ok(cert)
+        let intent = self.inner.commit_intent(&mut ctl, DECOMMISSION_RULE, actor, reason, all)?;
+        // The marker first (DESIGN.md "Lifecycle: decommission"): from here on no open of this
+        // store creates a key store or accepts a write, whatever happens next.
+        write_decommission_marker(&self.inner, &DecommissionMarker::started(&self.inner, &intent))?;
+        let marker = self.inner.finish_decommission(&mut ctl, &intent)?;
+        *lock(&self.inner.decommissioned, "decommission state")? = Some(marker.summary());
+        marker.certificate.ok_or_else(|| Error::Decommissioned("the certificate was not written".into()))
+    }
+
+    /// The decommission certificate, once the store is decommissioned.
+    pub fn decommission_certificate(&self) -> Result<Option<EraseCertificate>> {
+        Ok(read_decommission_marker(&self.inner.vfs, &self.inner.config.root, &self.inner.config.key_dir)?.and_then(|m| m.certificate))
     }
 
     /// Records an entry in the audit log (logins, video reads and exports, changes); fsynced

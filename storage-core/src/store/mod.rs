@@ -109,7 +109,8 @@ pub(crate) struct Inner {
     pub vfs: Arc<dyn Vfs>,
     pub clock: Arc<dyn Clock>,
     seg_root: PathBuf,
-    pub keys: Mutex<KeyStore>,
+    /// `None` once decommissioned (the key store is gone and must never be recreated).
+    pub keys: Mutex<Option<KeyStore>>,
     catalog: Mutex<Catalog>,
     next_segment: AtomicU64,
     cameras: RwLock<HashMap<String, Arc<Mutex<CameraIndex>>>>,
@@ -126,7 +127,28 @@ pub(crate) struct Inner {
     catalog_appends: group::GroupCommit<CatalogRecord, ()>,
     pub control: Mutex<ControlState>,
     pub audit: Mutex<AuditLog>,
-    pub decommissioned: AtomicBool,
+    /// Why the store refuses everything but the audit log: set by a decommission, durable in
+    /// its marker files.
+    pub decommissioned: Mutex<Option<String>>,
+    /// The store's identity.
+    pub id: crate::StoreId,
+    /// The KEK provider, bound to this store.
+    pub kek: Arc<dyn KekProvider>,
+    /// Exclusive locks on the root and the key directory, held for the store's life.
+    _locks: Vec<Box<dyn crate::io::VfsLock>>,
+}
+
+/// Takes the exclusive lock of a store directory, or says who is in the way.
+fn take_lock(vfs: &Arc<dyn Vfs>, dir: &Path) -> Result<Box<dyn crate::io::VfsLock>> {
+    vfs.create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    let path = crate::identity::lock_path(dir);
+    vfs.try_lock(&path, crate::io::LockMode::Exclusive).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            Error::Locked { path: path.clone(), detail: "a running server or another tool has this store open".into() }
+        } else {
+            Error::io("lock store directory", &path, e)
+        }
+    })
 }
 
 /// The segment store. Cheap to share: clone the `Arc` it lives in, or share `&Store`.
@@ -164,18 +186,40 @@ impl Store {
     pub fn open_with(config: StoreConfig, env: Env) -> Result<Store> {
         config.validate()?;
         let vfs = env.vfs;
+        let now = env.clock.now_us();
+        // DESIGN.md "Store identity and locks": lock the root, establish (or, for a new store
+        // only, create) the identity, lock the key directory, check key file modes, bind the
+        // KEK provider. Until all of that holds nothing is created, rotated or destroyed.
+        vfs.create_dir_all(&config.root).map_err(|e| Error::io("create store root", &config.root, e))?;
+        let mut locks = vec![take_lock(&vfs, &config.root)?];
+        let (id, created) = crate::identity::establish(&vfs, &config.root, &config.key_dir, now)?;
+        if created {
+            crate::identity::commit_root(&vfs, &config.root, id, now)?;
+            tracing::info!(store = %id, root = %config.root.display(), key_dir = %config.key_dir.display(), "created a new store");
+        }
+        if config.key_dir != config.root {
+            locks.push(take_lock(&vfs, &config.key_dir)?);
+        }
+        crate::identity::check_private_dir(&vfs, &config.key_dir)?;
         let kek: Arc<dyn KekProvider> = match env.kek {
             Some(k) => k,
             None => Arc::new(FileKekProvider::open(vfs.clone(), config.kek_dir.clone())?),
         };
+        kek.bind_store(id)?;
         let seg_root = config.root.join("segments");
         vfs.create_dir_all(&seg_root).map_err(|e| Error::io("create segments directory", &seg_root, e))?;
-        let keys = KeyStore::open(vfs.clone(), &config.key_dir, kek, env.clock.now_us())?;
-        let loaded = Catalog::open(&vfs, &config.root.join("catalog"))?;
+        let marker = erase::read_decommission_marker(&vfs, &config.root, &config.key_dir)?;
+        let loaded = Catalog::open(&vfs, &config.root.join("catalog"), crate::log::Access::Write { keep_torn: false })?;
+        let keys = match &marker {
+            // Never opened again after a decommission: opening would create a new generation
+            // under a new KEK.
+            Some(_) => None,
+            None => Some(KeyStore::open(vfs.clone(), &config.key_dir, kek.clone(), now, loaded.max_segment.is_none())?),
+        };
         let signer = crate::signing::load_or_create(&vfs, &config.key_dir)?;
-        let audit = AuditLog::open(&vfs, &config.root.join("audit"), signer)?;
+        let (audit, audit_findings) = AuditLog::open(&vfs, &config.root.join("audit"), &config.key_dir, signer)?;
         let control = ControlState::open(&vfs, &config.root.join("control"), config.retention_days_default)?;
-        let next = loaded.max_segment.max(keys.last_segment()).map_or(1, |s| s.0 + 1);
+        let next = loaded.max_segment.max(keys.as_ref().and_then(|k| k.last_segment())).map_or(1, |s| s.0 + 1);
         let inner = Arc::new(Inner {
             config,
             vfs,
@@ -197,8 +241,30 @@ impl Store {
             catalog_appends: group::GroupCommit::new("catalog"),
             control: Mutex::new(control),
             audit: Mutex::new(audit),
-            decommissioned: AtomicBool::new(false),
+            decommissioned: Mutex::new(None),
+            id,
+            kek,
+            _locks: locks,
         });
+        if let Some(t) = audit_findings.torn {
+            // The cut is itself on the record, with what was cut and where its bytes are kept.
+            inner.audit_append(crate::audit::AuditRecord {
+                actor: "system".into(),
+                action: "audit.tail_cut".into(),
+                detail: serde_json::json!({
+                    "offset": t.offset,
+                    "bytes": t.bytes,
+                    "sha256": t.sha256_hex,
+                    "kept_as": t.kept_as.map(|p| p.display().to_string()),
+                    "why": "the log's last write did not complete (a crash during an append); the entry it held was never acknowledged",
+                }),
+                ..Default::default()
+            })?;
+        }
+        if let Some(m) = marker {
+            inner.open_decommissioned(m)?;
+            return Ok(Store { inner, flusher: None, sweeper: None });
+        }
         recover::recover(&inner, loaded.entries)?;
         inner.resume_erasures()?;
         let flusher = match inner.config.flush {
@@ -224,6 +290,7 @@ impl Store {
     /// empty if they travel in-band). Several streams of one camera may be open as long as
     /// their frames do not overlap in time.
     pub fn open_stream(&self, camera: &str, codec: Codec, codec_config: &[u8]) -> Result<StreamWriter> {
+        self.inner.check_writable()?;
         check_camera_id(camera)?;
         check_config(codec_config)?;
         let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
@@ -251,6 +318,7 @@ impl Store {
 
     /// Segments of `camera` holding frames in `[from_us, to_us)`, oldest first.
     pub fn segments(&self, camera: &str, from_us: i64, to_us: i64) -> Result<Vec<SegmentSummary>> {
+        self.inner.check_live()?;
         let idx = self.inner.existing_index(camera)?;
         let idx = idx.lock().map_err(|_| Error::Poisoned("index lock".into()))?;
         Ok(idx
@@ -304,6 +372,7 @@ impl Store {
     /// Frames of `camera` from the key frame at or before `from_us` up to `to_us` (exclusive),
     /// each preceded by the codec configuration in force. Only durable frames are visible.
     pub fn read(&self, camera: &str, from_us: i64, to_us: i64) -> Result<FrameReader> {
+        self.inner.check_live()?;
         if from_us >= to_us {
             return Err(Error::InvalidArgument(format!("empty time range [{from_us}, {to_us})")));
         }
@@ -394,6 +463,12 @@ impl Store {
     /// True while the last attempt to create a segment found the disk full.
     pub fn is_out_of_space(&self) -> bool {
         self.inner.no_space.load(Ordering::Relaxed)
+    }
+
+    /// The store's identity (written at creation into its root, key directory and KEK
+    /// provider).
+    pub fn id(&self) -> crate::StoreId {
+        self.inner.id
     }
 
     /// The configuration the store runs with.
@@ -581,10 +656,16 @@ impl Inner {
         }
     }
 
-    pub(crate) fn check_writable(&self) -> Result<()> {
-        if self.decommissioned.load(Ordering::SeqCst) {
-            return Err(Error::FailedPrecondition("this volume was decommissioned".into()));
+    /// Refuses every call but the audit log's once the store is decommissioned.
+    pub(crate) fn check_live(&self) -> Result<()> {
+        match self.decommissioned.lock().map_err(|_| Error::Poisoned("decommission state".into()))?.as_ref() {
+            Some(why) => Err(Error::Decommissioned(why.clone())),
+            None => Ok(()),
         }
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        self.check_live()?;
         if let Ok(c) = self.catalog.lock() {
             if let Some(p) = c.poisoned() {
                 return Err(Error::Poisoned(p.to_string()));
@@ -656,6 +737,7 @@ impl Inner {
     fn commit_creations(&self, batch: &[Creation]) -> Result<Vec<SegmentId>> {
         let ids = {
             let mut keys = self.keys.lock().map_err(|_| Error::Poisoned("key store lock".into()))?;
+            let keys = keys.as_mut().ok_or_else(|| Error::Decommissioned("the key store was destroyed".into()))?;
             let with_ids: Vec<(SegmentId, DataKey)> =
                 batch.iter().map(|c| (SegmentId(self.next_segment.fetch_add(1, Ordering::SeqCst)), c.key.clone())).collect();
             keys.put_many(&with_ids)?;
@@ -853,7 +935,8 @@ mod tests {
         });
         drop(store);
         let image = vfs.crash(CrashMode::LoseUnsynced);
-        let loaded = Catalog::open(&(Arc::new(image) as Arc<dyn Vfs>), Path::new("/data/catalog")).expect("catalog");
+        let loaded =
+            Catalog::open(&(Arc::new(image) as Arc<dyn Vfs>), Path::new("/data/catalog"), crate::log::Access::Read).expect("catalog");
         assert_eq!(loaded.entries.len(), STREAMS);
         for (id, e) in &loaded.entries {
             let sealed = e.sealed.as_ref().unwrap_or_else(|| panic!("segment {} of {} has no durable Sealed record", id.0, e.camera));

@@ -83,7 +83,14 @@ impl FrameReader {
         };
         let path = self.inner.segment_path(&plan.camera, plan.id);
         let file = self.inner.vfs.open(&path).map_err(|e| Error::io("open segment", &path, e))?;
-        let key = self.inner.keys.lock().map_err(|_| Error::Poisoned("key store lock".into()))?.get(plan.id)?;
+        let key = self
+            .inner
+            .keys
+            .lock()
+            .map_err(|_| Error::Poisoned("key store lock".into()))?
+            .as_ref()
+            .ok_or_else(|| Error::Decommissioned("the key store was destroyed".into()))?
+            .get(plan.id)?;
         let cipher = SegmentCipher::new(&key);
         let config = plan
             .config_offset
