@@ -297,6 +297,9 @@ fn decommission_survives_a_restart() {
         let refused = store.open_stream("cam-new", Codec::H264, b"c").map(|_| ()).expect_err("writes refused after a restart");
         assert!(matches!(&refused, Error::Decommissioned(why) if why.contains("decommissioned")), "round {round}: {refused}");
         assert!(matches!(store.read("cam-d", T0_US, T0_US + 1), Err(Error::Decommissioned(_))));
+        assert!(matches!(store.decommission("admin", "again"), Err(Error::Decommissioned(_))), "a second decommission is refused");
+        assert!(matches!(store.set_retention("cam-d", 60, "admin", "r"), Err(Error::Decommissioned(_))));
+        assert!(matches!(store.sweep(), Err(Error::Decommissioned(_))));
         assert_eq!(store.decommission_certificate().expect("certificate"), Some(cert.clone()));
         // The audit log stays readable and verifiable.
         assert!(store.verify_audit().expect("verify").problem.is_none());

@@ -638,7 +638,7 @@ pub fn run_rotation(dir: &Path, keys: u64) -> storage_core::Result<(Duration, Du
     use storage_core::SegmentId;
     let vfs: Arc<dyn Vfs> = Arc::new(StdVfs);
     let kek: Arc<dyn KekProvider> = Arc::new(FileKekProvider::open(vfs.clone(), dir.join("kek"))?);
-    let mut ks = KeyStore::open(vfs, &dir.join("keys"), kek, 0)?;
+    let mut ks = KeyStore::open(vfs, &dir.join("keys"), kek, 0, true)?;
     let mut batch = Vec::with_capacity(65_536);
     for i in 1..=keys {
         batch.push((SegmentId(i), DataKey::generate()?));

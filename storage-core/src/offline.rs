@@ -9,8 +9,6 @@ use std::sync::Arc;
 use crate::catalog::Catalog;
 use crate::io::{LockMode, StdVfs, Vfs};
 use crate::log::Access;
-use crate::segment::format::HEADER_LEN;
-use crate::segment::reader::{read_footer, RecordCursor, Stop};
 use crate::segment::writer::segment_file_name;
 use crate::store::CorruptionReport;
 use crate::{Clock, Error, Result, SystemClock};
@@ -41,28 +39,8 @@ pub fn scrub_with(vfs: &Arc<dyn Vfs>, root: &Path) -> Result<Vec<CorruptionRepor
             continue;
         };
         let path = root.join("segments").join(&entry.camera).join(segment_file_name(*id));
-        let file = match vfs.open(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                found.push(report(&path, *id, None, format!("segment file cannot be opened: {e}")));
-                continue;
-            }
-        };
-        let mut cursor = RecordCursor::new(file.clone(), HEADER_LEN as u64, info.footer_offset);
-        loop {
-            match cursor.next_record().map_err(|e| Error::io("scrub segment", &path, e))? {
-                Ok(_) => {}
-                Err(Stop::End) => break,
-                Err(Stop::Bad { offset, detail }) => {
-                    found.push(report(&path, *id, Some(offset), detail));
-                    break;
-                }
-            }
-        }
-        if let Err(detail) =
-            read_footer(file.as_ref(), info.footer_offset, info.file_len).map_err(|e| Error::io("scrub segment", &path, e))?
-        {
-            found.push(report(&path, *id, Some(info.footer_offset), detail));
+        for (offset, detail) in crate::store::check_sealed_segment(vfs, &path, &info)? {
+            found.push(report(&path, *id, offset, detail));
         }
     }
     Ok(found)

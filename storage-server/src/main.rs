@@ -1,12 +1,14 @@
 //! `camvault`: the gRPC server over storage-core and the operator's command.
 //!
 //! ```text
-//! camvault serve [--config camvault.toml]      run the server (default: ./camvault-data, 127.0.0.1:50051)
-//! camvault ingest FILE.h264|FILE.h265 --camera ID [--fps N] [--fast]
-//! camvault recordings|play|export|hold|retention|audit|camera|token ...   (--server, --token or CAMVAULT_SERVER/CAMVAULT_TOKEN)
-//! camvault verify-export FILE.mp4 MANIFEST.json
-//! camvault scrub|demo [--data DIR]             local maintenance over a data directory
+//! camvault serve [--config camvault.toml] [--data DIR] [--key-dir DIR] [--listen ADDR] [--metrics ADDR] [--tls-...]
+//! camvault ingest|recordings|play|export|hold|retention|audit|camera|token|server-key|decommission ...
+//!          (--server, --token or CAMVAULT_SERVER / CAMVAULT_TOKEN)
+//! camvault verify-export FILE.mp4 MANIFEST.json | verify-certificate CERT.json   (offline, under a trusted key)
+//! camvault scrub (--config FILE | --data DIR) | demo ...      local maintenance over a data directory
 //! ```
+//!
+//! `camvault --help` and `camvault VERB --help` describe every option.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -14,105 +16,133 @@
 
 mod client;
 
-use camvault_server::{digest, h26x, metrics, mp4_in, now_us, proto, server, time};
+use camvault_server::{metrics, now_us, proto, server};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
-use storage_core::{Codec, FlushPolicy, FrameIn, Store, StoreConfig};
+use storage_core::keys::{KekProvider, Pkcs11KekProvider};
+use storage_core::{Codec, Env, FlushPolicy, FrameIn, Store, StoreConfig};
 
-/// Command-line arguments: a verb, then positionals and `--name value` options.
-pub struct Args {
-    verb: String,
-    rest: Vec<String>,
+/// How `serve`, `demo` and `scrub` combine their configuration, for `--help`.
+const PRECEDENCE: &str = "Precedence: an option given on the command line overrides the same setting in the --config \
+                          file (each override is logged), which overrides the built-in default (the values in the \
+                          sample camvault.toml). Without --config every setting not given as an option is the default.";
+
+/// The operator's command: the server, its client verbs, and local maintenance.
+#[derive(Parser, Debug)]
+#[command(name = "camvault", version, about = "camvault: encrypted CCTV video store (server and client)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-const FLAGS: [&str; 5] = ["--fast", "--follow", "--all", "--verbose", "--once"];
-
-impl Args {
-    fn value(&self, name: &str) -> Option<&str> {
-        self.rest.iter().position(|a| a == name).and_then(|i| self.rest.get(i + 1)).map(String::as_str)
-    }
-
-    fn flag(&self, name: &str) -> bool {
-        self.rest.iter().any(|a| a == name)
-    }
-
-    /// The `n`th argument that is neither an option nor an option's value.
-    fn positional(&self, n: usize) -> Option<&str> {
-        let mut skip = false;
-        let mut seen = 0;
-        for a in &self.rest {
-            if skip {
-                skip = false;
-                continue;
-            }
-            if a.starts_with("--") {
-                skip = !FLAGS.contains(&a.as_str());
-                continue;
-            }
-            if seen == n {
-                return Some(a);
-            }
-            seen += 1;
-        }
-        None
-    }
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gRPC server (default: ./camvault-data, 127.0.0.1:50051); a fresh store prints its
+    /// first admin token once
+    #[command(after_help = PRECEDENCE)]
+    Serve(ServeArgs),
+    /// Check every sealed segment of a data directory without keys, opening nothing for writing
+    #[command(after_help = PRECEDENCE)]
+    Scrub(ScrubArgs),
+    /// Write synthetic streams into a local store (no server)
+    #[command(after_help = PRECEDENCE)]
+    Demo(DemoArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
-const USAGE: &str = "usage: camvault <command> [options]
-  serve [--config camvault.toml]           run the gRPC server (embedded default: ./camvault-data on 127.0.0.1:50051)
-        [--data DIR] [--listen ADDR] [--metrics ADDR] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
-  ingest FILE --camera ID [--fps 25] [--fast] [--codec h264|h265]
-  recordings --camera ID [--from T] [--to T]
-  play --camera ID --from T --to T --purpose P [--follow] [--requester R] [--approval REF] [--justification emergency|repair|written-request --document REF]
-  export --camera ID --from T --to T --out FILE.mp4 --purpose P [--requester R] [--approval REF] [--digest blake3|sha256] [...]
-  hold place --case REF --cameras a,b --from T --to T --reason R | hold release --id N --reason R | hold list [--all]
-  retention get --camera ID | retention set --camera ID --days N [--reason R] | retention sweep
-  audit query [--actor A] [--action A] [--camera C] [--from T] [--to T] [--limit N] | audit verify
-  camera put --id ID --unit U [--sectors a,b] [--location L] [--model M] [--certification C] | camera list | camera health --camera ID
-  token create --name N --unit U --roles r1,r2 [--sectors s] [--cameras c] | token revoke --id ID | token list
-  verify-export FILE.mp4 MANIFEST.json [--public-key HEX]
-  scrub [--data DIR]                       check every sealed segment without keys
-  demo [--data DIR] [--cameras N] [--seconds S]   write synthetic streams locally
-client options: --server http(s)://HOST:PORT (or CAMVAULT_SERVER), --token TOKEN (or CAMVAULT_TOKEN),
-  TLS: --ca CA.pem [--cert client.pem --key client.key] (or CAMVAULT_CA, CAMVAULT_CERT, CAMVAULT_KEY); times are RFC 3339";
+/// Where the store is: the configuration file and the options that override it.
+#[derive(Args, Debug)]
+struct StoreFlags {
+    /// Server configuration (see the documented sample camvault.toml)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (`data_dir`) [default: ./camvault-data]
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Key directory (`key_dir`), on another volume in production [default: DATA/keys]
+    #[arg(long, value_name = "DIR")]
+    key_dir: Option<PathBuf>,
+}
+
+/// `camvault serve`
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: StoreFlags,
+    /// gRPC listen address (`listen`) [default: 127.0.0.1:50051]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Prometheus metrics address (`metrics_listen`); "" disables [default: 127.0.0.1:9464]
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// Server certificate chain, PEM (`tls_cert`); with --tls-key the server speaks TLS only
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// Server private key, PEM (`tls_key`)
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// CA that client certificates must chain to, PEM (`tls_client_ca`): mutual TLS
+    #[arg(long, value_name = "PEM")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+/// `camvault scrub`
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("store").args(["config", "data"]).required(true).multiple(true))]
+struct ScrubArgs {
+    /// Server configuration: scrubs its data_dir
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory to scrub
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+/// Most cameras `demo` writes: each holds an open segment and its buffer.
+const DEMO_CAMERAS_MAX: u64 = 256;
+/// Most seconds of video per demo camera (25 fps, ~0.5 MB/s each).
+const DEMO_SECONDS_MAX: u64 = 3600;
+
+/// `camvault demo`
+#[derive(Args, Debug)]
+struct DemoArgs {
+    #[command(flatten)]
+    store: StoreFlags,
+    /// Synthetic cameras to write
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=DEMO_CAMERAS_MAX))]
+    cameras: u64,
+    /// Seconds of video per camera, ending now
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=DEMO_SECONDS_MAX))]
+    seconds: u64,
+}
 
 fn main() -> ExitCode {
+    // Parse first: `--help`, `--version` and usage errors (exit 2) print nothing else, start
+    // nothing and touch no file.
+    let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let mut argv = std::env::args().skip(1);
-    let Some(verb) = argv.next() else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
-    };
-    let args = Args { verb, rest: argv.collect() };
-    let result = match args.verb.as_str() {
-        "serve" => serve(&args),
-        "scrub" => scrub(&args),
-        "demo" => demo(&args),
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        // A client verb is one call at a time: on one thread its connection and the code
-        // reading the call's messages do not wake each other across threads once per message
-        // (receiving an export, 0.17-0.20 -> 0.13-0.14 CPU s/GB; BENCHMARKS.md, History).
-        verb => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())
-            .and_then(|rt| rt.block_on(client::run(verb, &args))),
+    // After a successful parse the first argument is the verb: there are no options before it.
+    let verb = std::env::args().nth(1).unwrap_or_default();
+    let result = match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Scrub(a) => scrub(a),
+        Command::Demo(a) => demo(a),
+        Command::Client(c) => client::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("camvault {}: {e}", args.verb);
+            eprintln!("camvault {verb}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -128,7 +158,8 @@ const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 /// How long running calls (live publishers, follows) may continue after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// `camvault.toml` (see the sample in the repository root).
+/// `camvault.toml` (see the sample in the repository root). Every key is optional: an empty
+/// file is the built-in defaults.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerConfig {
@@ -156,7 +187,47 @@ struct ServerConfig {
     /// Prometheus metrics address; empty disables.
     #[serde(default = "default_metrics")]
     metrics_listen: String,
+    /// Where the key-encryption keys live (`[kek]`).
+    #[serde(default)]
+    kek: KekConfig,
 }
+
+/// The `[kek]` table: which provider holds the key-encryption keys that wrap every data key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KekConfig {
+    #[serde(default)]
+    provider: KekProviderKind,
+    /// File provider: directory of the KEK files [default: <data_dir>/kek].
+    dir: Option<PathBuf>,
+    /// PKCS#11: the module (`.so`) to load.
+    module: Option<PathBuf>,
+    /// PKCS#11: label of the token holding the KEKs.
+    token_label: Option<String>,
+    /// PKCS#11: file holding the user PIN (one line). The PIN itself is never logged nor put
+    /// in an error message.
+    pin_file: Option<PathBuf>,
+    /// PKCS#11: name of the environment variable holding the user PIN.
+    pin_env: Option<String>,
+    /// PKCS#11: label prefix of this store's KEK objects, so that stores can share a token.
+    label_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum KekProviderKind {
+    /// KEK files on a local volume (development; DESIGN.md, "Threat model").
+    #[default]
+    File,
+    /// A hardware security module over PKCS#11.
+    Pkcs11,
+}
+
+/// KEK object labels on a PKCS#11 token when `label_prefix` is not set.
+const PKCS11_LABEL_PREFIX_DEFAULT: &str = "camvault-kek-";
+
+/// Largest PIN file read: a PIN is a few dozen characters.
+const PIN_FILE_BYTES_MAX: u64 = 1024;
 
 fn default_metrics() -> String {
     "127.0.0.1:9464".into()
@@ -178,42 +249,138 @@ fn default_sweep_s() -> u64 {
     3600
 }
 
-fn load_config(args: &Args) -> Result<ServerConfig, String> {
-    match args.value("--config") {
+/// The configuration file's values, or the defaults without one.
+fn load_config(path: Option<&Path>) -> Result<ServerConfig, String> {
+    match path {
         Some(p) => {
-            toml::from_str(&std::fs::read_to_string(p).map_err(|e| format!("cannot read {p}: {e}"))?).map_err(|e| format!("{p}: {e}"))
+            let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
         }
-        None => Ok(ServerConfig {
-            data_dir: args.value("--data").map(PathBuf::from).unwrap_or_else(default_data),
-            key_dir: None,
-            listen: args.value("--listen").map(String::from).unwrap_or_else(default_listen),
-            retention_days_default: default_retention(),
-            flush_interval_ms: default_flush_ms(),
-            sweep_interval_s: default_sweep_s(),
-            metrics_listen: args.value("--metrics").map(String::from).unwrap_or_else(default_metrics),
-            tls_cert: args.value("--tls-cert").map(PathBuf::from),
-            tls_key: args.value("--tls-key").map(PathBuf::from),
-            tls_client_ca: args.value("--tls-client-ca").map(PathBuf::from),
-        }),
+        // The same defaults as an empty file: one place states them.
+        None => toml::from_str("").map_err(|e| format!("the built-in defaults: {e}")),
     }
 }
 
-fn serve(args: &Args) -> Result<(), String> {
-    let cfg = load_config(args)?;
+/// Puts a command-line value over the configuration's: the flag wins, and says so when it
+/// replaces what a configuration file set.
+fn set_from_flag<T: std::fmt::Debug>(file: Option<&Path>, key: &str, flag: &str, slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        if let Some(f) = file {
+            tracing::info!(config = %f.display(), "{flag} {v:?} overrides {key} = {:?} from the configuration file", slot);
+        }
+        *slot = v;
+    }
+}
+
+/// The configuration with the command line's options over it (see `PRECEDENCE`).
+fn resolve_store(flags: StoreFlags) -> Result<(ServerConfig, Option<PathBuf>), String> {
+    let file = flags.config;
+    let mut cfg = load_config(file.as_deref())?;
+    let f = file.as_deref();
+    set_from_flag(f, "data_dir", "--data", &mut cfg.data_dir, flags.data);
+    set_from_flag(f, "key_dir", "--key-dir", &mut cfg.key_dir, flags.key_dir.map(Some));
+    Ok((cfg, file))
+}
+
+/// The store's configuration from the server's: the one place serve and demo get it from.
+fn store_config(cfg: &ServerConfig) -> StoreConfig {
     let mut sc = StoreConfig::new(&cfg.data_dir);
     if let Some(k) = &cfg.key_dir {
         sc.key_dir = k.clone();
     }
+    if let Some(d) = &cfg.kek.dir {
+        sc.kek_dir = d.clone();
+    }
     sc.retention_days_default = cfg.retention_days_default;
     sc.flush = FlushPolicy::Interval(Duration::from_millis(cfg.flush_interval_ms));
     sc.sweep_interval = Some(Duration::from_secs(cfg.sweep_interval_s));
-    let store = Arc::new(Store::open(sc).map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?);
+    sc
+}
+
+/// The KEK provider `[kek]` names; `None` is the file provider in `StoreConfig::kek_dir`.
+fn kek_provider(k: &KekConfig) -> Result<Option<Arc<dyn KekProvider>>, String> {
+    match k.provider {
+        KekProviderKind::File => {
+            let pkcs11_only = [
+                ("module", k.module.is_some()),
+                ("token_label", k.token_label.is_some()),
+                ("pin_file", k.pin_file.is_some()),
+                ("pin_env", k.pin_env.is_some()),
+                ("label_prefix", k.label_prefix.is_some()),
+            ];
+            if let Some((key, _)) = pkcs11_only.iter().find(|(_, set)| *set) {
+                return Err(format!("kek.{key} is a PKCS#11 setting: set kek.provider = \"pkcs11\" or remove it"));
+            }
+            Ok(None)
+        }
+        KekProviderKind::Pkcs11 => {
+            if k.dir.is_some() {
+                return Err("kek.dir is for the file provider: a PKCS#11 token keeps its KEKs itself".into());
+            }
+            let module = k.module.as_ref().ok_or("kek.provider = \"pkcs11\" needs kek.module (the PKCS#11 .so)")?;
+            let label = k.token_label.as_deref().ok_or("kek.provider = \"pkcs11\" needs kek.token_label")?;
+            let pin = pkcs11_pin(k)?;
+            let prefix = k.label_prefix.as_deref().unwrap_or(PKCS11_LABEL_PREFIX_DEFAULT);
+            let hsm = Pkcs11KekProvider::open(module, label, &pin, prefix)
+                .map_err(|e| format!("cannot open PKCS#11 token {label:?} through {}: {e}", module.display()))?;
+            tracing::info!(module = %module.display(), token = label, prefix, "KEKs on a PKCS#11 token");
+            Ok(Some(Arc::new(hsm)))
+        }
+    }
+}
+
+/// The token's user PIN from `pin_file` or `pin_env`. Messages name where the PIN was looked
+/// for, never the PIN.
+fn pkcs11_pin(k: &KekConfig) -> Result<zeroize::Zeroizing<String>, String> {
+    use std::io::Read as _;
+    let mut pin = zeroize::Zeroizing::new(String::new());
+    match (&k.pin_file, &k.pin_env) {
+        (Some(path), None) => {
+            let f = std::fs::File::open(path).map_err(|e| format!("cannot read kek.pin_file {}: {e}", path.display()))?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if f.metadata().is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+                    tracing::warn!(pin_file = %path.display(), "the PIN file is readable by other users: chmod 600 it");
+                }
+            }
+            f.take(PIN_FILE_BYTES_MAX).read_to_string(&mut pin).map_err(|e| format!("cannot read kek.pin_file {}: {e}", path.display()))?;
+            let len = pin.trim_end_matches(['\n', '\r']).len();
+            pin.truncate(len);
+        }
+        (None, Some(var)) => {
+            *pin = std::env::var(var).map_err(|_| format!("kek.pin_env names {var}, which is not set (or not UTF-8)"))?;
+        }
+        (None, None) => return Err("kek.provider = \"pkcs11\" needs kek.pin_file or kek.pin_env".into()),
+        (Some(_), Some(_)) => return Err("kek.pin_file and kek.pin_env are alternatives: set one".into()),
+    }
+    if pin.is_empty() {
+        return Err("the PKCS#11 PIN is empty".into());
+    }
+    Ok(pin)
+}
+
+/// Opens the store the configuration describes, with its KEK provider.
+fn open_store(cfg: &ServerConfig) -> Result<Store, String> {
+    let env = Env { kek: kek_provider(&cfg.kek)?, ..Env::default() };
+    Store::open_with(store_config(cfg), env).map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))
+}
+
+fn serve(a: ServeArgs) -> Result<(), String> {
+    let (mut cfg, file) = resolve_store(a.store)?;
+    let f = file.as_deref();
+    set_from_flag(f, "listen", "--listen", &mut cfg.listen, a.listen);
+    set_from_flag(f, "metrics_listen", "--metrics", &mut cfg.metrics_listen, a.metrics);
+    set_from_flag(f, "tls_cert", "--tls-cert", &mut cfg.tls_cert, a.tls_cert.map(Some));
+    set_from_flag(f, "tls_key", "--tls-key", &mut cfg.tls_key, a.tls_key.map(Some));
+    set_from_flag(f, "tls_client_ca", "--tls-client-ca", &mut cfg.tls_client_ca, a.tls_client_ca.map(Some));
+    // Refused before the store is opened: a typo in the address creates no data directory.
+    let addr: std::net::SocketAddr = cfg.listen.parse().map_err(|e| format!("listen address {}: {e}", cfg.listen))?;
+    let store = Arc::new(open_store(&cfg)?);
     let (srv, first_token) = server::Server::new(store.clone(), cfg.data_dir.join("server"))?;
     if let Some(t) = first_token {
         // Shown once: only its hash is stored.
         println!("first admin token (shown once, store it now): {t}");
     }
-    let addr: std::net::SocketAddr = cfg.listen.parse().map_err(|e| format!("listen address {}: {e}", cfg.listen))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let store_for_metrics = store.clone();
     rt.block_on(async move {
@@ -323,31 +490,30 @@ fn tls_config(cfg: &ServerConfig) -> Result<Option<tonic::transport::ServerTlsCo
     }
 }
 
-fn open_local(args: &Args) -> Result<Store, String> {
-    let data = args.value("--data").map(PathBuf::from).unwrap_or_else(default_data);
-    Store::open(StoreConfig::new(&data)).map_err(|e| format!("cannot open the store in {}: {e}", data.display()))
-}
-
-fn scrub(args: &Args) -> Result<(), String> {
-    let store = open_local(args)?;
-    let found = store.scrub().map_err(|e| e.to_string())?;
+fn scrub(a: ScrubArgs) -> Result<(), String> {
+    let (cfg, _) = resolve_store(StoreFlags { config: a.config, data: a.data, key_dir: None })?;
+    let root = &cfg.data_dir;
+    // Checked here so that a mistyped path is reported as such and nothing is created.
+    if !root.is_dir() {
+        return Err(format!("{} is not a data directory", root.display()));
+    }
+    let found = storage_core::offline::scrub(root).map_err(|e| format!("cannot scrub {}: {e}", root.display()))?;
     for r in &found {
         println!("CORRUPT {} offset {:?}: {}", r.path.display(), r.offset, r.detail);
     }
-    println!("{} damaged segment(s)", found.len());
+    println!("{} damaged segment(s) in {}", found.len(), root.display());
     if found.is_empty() {
         Ok(())
     } else {
-        Err("damage found".into())
+        Err(format!("damage found in {} segment(s)", found.len()))
     }
 }
 
-fn demo(args: &Args) -> Result<(), String> {
-    let number =
-        |name: &str, default: u64| args.value(name).map_or(Ok(default), |v| v.parse::<u64>().map_err(|_| format!("{name} takes a number")));
-    let cameras = number("--cameras", 4)? as usize;
-    let seconds = number("--seconds", 10)? as i64;
-    let store = open_local(args)?;
+fn demo(a: DemoArgs) -> Result<(), String> {
+    let (cfg, _) = resolve_store(a.store)?;
+    // Bounded by the options' ranges (DEMO_CAMERAS_MAX, DEMO_SECONDS_MAX).
+    let (cameras, seconds) = (a.cameras as usize, a.seconds as i64);
+    let store = open_store(&cfg)?;
     let start = now_us() - seconds * 1_000_000;
     let mut streams = Vec::new();
     for c in 0..cameras {
@@ -385,11 +551,77 @@ mod tests {
     }
 
     #[test]
-    fn positionals_skip_options_and_their_values() {
-        let a = Args { verb: "hold".into(), rest: ["--server", "x", "place", "--fast", "--case", "c", "y"].map(String::from).to_vec() };
-        assert_eq!(a.positional(0), Some("place"));
-        assert_eq!(a.positional(1), Some("y"));
-        assert!(a.flag("--fast"));
-        assert_eq!(a.value("--case"), Some("c"));
+    fn the_sample_config_keeps_keks_in_files_by_default() {
+        let c: ServerConfig = toml::from_str(include_str!("../../camvault.toml")).expect("sample config");
+        assert_eq!(c.kek.provider, KekProviderKind::File);
+        assert!(matches!(kek_provider(&c.kek), Ok(None)));
+        let sc = store_config(&c);
+        assert_eq!(sc.kek_dir, StoreConfig::new("./camvault-data").kek_dir, "the store's own default");
+    }
+
+    /// clap checks its own definitions (conflicting names, bad defaults) only when asked.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn store_config_honours_key_dir_and_kek_dir() {
+        let c: ServerConfig =
+            toml::from_str("data_dir = \"/d\"\nkey_dir = \"/k\"\n[kek]\nprovider = \"file\"\ndir = \"/kek\"\n").expect("config");
+        let sc = store_config(&c);
+        assert_eq!((sc.root, sc.key_dir, sc.kek_dir), (PathBuf::from("/d"), PathBuf::from("/k"), PathBuf::from("/kek")));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_the_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("camvault.toml");
+        std::fs::write(&file, "data_dir = \"/from-file\"\nkey_dir = \"/keys-from-file\"\n").expect("write");
+        let flags = |data: Option<&str>| StoreFlags { config: Some(file.clone()), data: data.map(PathBuf::from), key_dir: None };
+        let (c, _) = resolve_store(flags(Some("/from-flag"))).expect("resolve");
+        assert_eq!(c.data_dir, PathBuf::from("/from-flag"));
+        assert_eq!(c.key_dir, Some(PathBuf::from("/keys-from-file")), "what no flag names stays the file's");
+        let (c, _) = resolve_store(flags(None)).expect("resolve");
+        assert_eq!(c.data_dir, PathBuf::from("/from-file"));
+        let (c, _) = resolve_store(StoreFlags { config: None, data: None, key_dir: None }).expect("resolve");
+        assert_eq!((c.data_dir, c.listen), (default_data(), default_listen()));
+    }
+
+    #[test]
+    fn kek_tables_that_cannot_work_are_refused() {
+        let kek = |t: &str| {
+            toml::from_str::<ServerConfig>(&format!("[kek]\n{t}")).map_err(|e| e.to_string()).and_then(|c| kek_provider(&c.kek).map(|_| ()))
+        };
+        assert!(kek("provider = \"file\"").is_ok());
+        assert!(kek("provider = \"tpm\"").is_err(), "unknown provider");
+        assert!(kek("pin = \"1234\"").is_err(), "unknown key: a PIN is never written in the configuration");
+        assert!(kek("module = \"/x.so\"").expect_err("module without pkcs11").contains("pkcs11"));
+        assert!(kek("provider = \"pkcs11\"\ntoken_label = \"t\"\npin_env = \"P\"").expect_err("no module").contains("kek.module"));
+        assert!(kek("provider = \"pkcs11\"\nmodule = \"/x.so\"\npin_env = \"P\"").expect_err("no label").contains("token_label"));
+        assert!(kek("provider = \"pkcs11\"\nmodule = \"/x.so\"\ntoken_label = \"t\"").expect_err("no PIN").contains("pin"));
+        assert!(kek("provider = \"pkcs11\"\nmodule = \"/x.so\"\ntoken_label = \"t\"\npin_env = \"P\"\npin_file = \"/p\"")
+            .expect_err("two PINs")
+            .contains("alternatives"));
+        assert!(kek("provider = \"pkcs11\"\ndir = \"/kek\"").expect_err("dir with pkcs11").contains("kek.dir"));
+    }
+
+    #[test]
+    fn a_pin_never_appears_in_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pin_file = dir.path().join("pin");
+        std::fs::write(&pin_file, "s3cret-pin-4711\n").expect("write");
+        let k = KekConfig {
+            provider: KekProviderKind::Pkcs11,
+            module: Some(dir.path().join("no-such-module.so")),
+            token_label: Some("t".into()),
+            pin_file: Some(pin_file),
+            ..KekConfig::default()
+        };
+        assert_eq!(pkcs11_pin(&k).map(|p| p.to_string()), Ok("s3cret-pin-4711".to_string()), "the newline is not part of the PIN");
+        let e = kek_provider(&k).err().expect("no such module");
+        assert!(!e.contains("s3cret"), "{e}");
+        assert!(e.contains("no-such-module.so"), "{e}");
     }
 }

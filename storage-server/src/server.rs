@@ -1,7 +1,7 @@
 //! The gRPC server: authentication, per-camera authorisation, audit of every read, and the
 //! mapping between `camvault.v1` messages and storage-core calls. No byte of storage lives here.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -36,8 +36,8 @@ const PUBLISH_BATCH_MESSAGES: usize = 64;
 
 /// How often a publisher hears the durable sequence number when it advances.
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
-/// How often a live follow polls for newly durable frames.
-const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// A token's use is audited as a login at most once in this period.
+const LOGIN_AUDIT_PERIOD: Duration = Duration::from_secs(3600);
 /// Export chunk size on the wire.
 const EXPORT_CHUNK_BYTES: usize = 1 << 20;
 /// Pieces queued between an export's muxer and its hashing thread, where it has one (see
@@ -53,7 +53,11 @@ pub struct Server {
     dir: PathBuf,
     tokens: Mutex<Tokens>,
     cameras: Mutex<Cameras>,
-    seen_logins: Mutex<HashSet<(String, String)>>,
+    /// When each token's login was last audited: one entry a token (tokens are bounded by
+    /// the token store), not one a TCP connection.
+    logins_audited_us: Mutex<HashMap<String, i64>>,
+    /// Bumped by the store each time frames become durable; live follows wait on it.
+    durable: tokio::sync::watch::Receiver<u64>,
     /// Counters exported at `/metrics`.
     pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
@@ -65,7 +69,7 @@ pub fn status(e: Error) -> Status {
         Error::Overlap { .. } => Status::already_exists(e.to_string()),
         Error::LimitExceeded { .. } | Error::NoSpace { .. } => Status::resource_exhausted(e.to_string()),
         Error::NotFound(_) => Status::not_found(e.to_string()),
-        Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+        Error::FailedPrecondition(_) | Error::Decommissioned(_) => Status::failed_precondition(e.to_string()),
         Error::Corrupt { .. } => Status::data_loss(e.to_string()),
         Error::Closed => Status::aborted(e.to_string()),
         _ => Status::internal(e.to_string()),
@@ -144,24 +148,33 @@ impl Server {
             save(&dir.join("tokens.json"), &tokens)?;
             first = Some(secret);
         }
+        let (durable_tx, durable) = tokio::sync::watch::channel(0u64);
+        store.on_durable(move || durable_tx.send_modify(|n| *n = n.wrapping_add(1)));
         Ok((
             Server {
                 store,
                 dir,
                 tokens: Mutex::new(tokens),
                 cameras: Mutex::new(cameras),
-                seen_logins: Mutex::new(HashSet::new()),
+                logins_audited_us: Mutex::new(HashMap::new()),
+                durable,
                 metrics: Arc::new(crate::metrics::ServerMetrics::default()),
             },
             first,
         ))
     }
 
+    /// Appends an audit entry. The append fsyncs, so on a runtime worker it runs in
+    /// `block_in_place`: the worker's other tasks move to another thread meanwhile.
     fn audit(&self, rec: AuditRecord) -> Result<(), Status> {
-        self.store.audit(rec).map(|_| ()).map_err(status)
+        let on_worker =
+            tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let res = if on_worker { tokio::task::block_in_place(|| self.store.audit(rec)) } else { self.store.audit(rec) };
+        res.map(|_| ()).map_err(status)
     }
 
-    /// Checks the bearer token; records a login the first time a token is seen from a peer.
+    /// Checks the bearer token; records a login once per token and [`LOGIN_AUDIT_PERIOD`]
+    /// (with the peer it came from), however many connections the token opens.
     fn authenticate<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
         let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
         let Some(secret) = header.strip_prefix("Bearer ").map(str::trim) else {
@@ -178,8 +191,20 @@ impl Server {
             return Err(Status::unauthenticated("unknown or revoked token"));
         };
         let peer = req.remote_addr().map(|a: SocketAddr| a.to_string()).unwrap_or_default();
-        let first = self.seen_logins.lock().map(|mut s| s.insert((id.clone(), peer.clone()))).unwrap_or(false);
-        if first {
+        let now = crate::now_us();
+        let due = self
+            .logins_audited_us
+            .lock()
+            .map(|mut m| {
+                let last = m.entry(id.clone()).or_insert(i64::MIN);
+                let due = now.saturating_sub(*last) >= LOGIN_AUDIT_PERIOD.as_micros() as i64;
+                if due {
+                    *last = now;
+                }
+                due
+            })
+            .unwrap_or(true);
+        if due {
             self.audit(AuditRecord {
                 actor: principal.name.clone(),
                 action: "login".into(),
@@ -559,6 +584,66 @@ fn item_to_proto(i: ReadItem) -> proto::ReadItem {
     }
 }
 
+/// Where a read (or a live follow) has got to.
+struct FollowAt {
+    from_us: i64,
+    last_ts: i64,
+    /// The codec configuration last sent: a follow sends it again only when it changes.
+    last_config: Option<(Codec, bytes::Bytes)>,
+}
+
+/// Sends every durable item of `camera` after `at`; `None` when the call is over (finished,
+/// failed, or the client went away).
+fn read_pass(
+    server: &Server,
+    camera: &str,
+    mut at: FollowAt,
+    to: i64,
+    follow: bool,
+    tx: &mpsc::Sender<Result<proto::ReadItem, Status>>,
+) -> Option<FollowAt> {
+    let reader = match server.store.read(camera, at.from_us, to) {
+        Ok(rd) => Some(rd),
+        Err(Error::NotFound(_)) if follow => None,
+        Err(e) => {
+            let _ = tx.blocking_send(Err(status(e)));
+            return None;
+        }
+    };
+    for item in reader.into_iter().flatten() {
+        let item = match item {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(status(e)));
+                return None;
+            }
+        };
+        match &item {
+            ReadItem::Frame(f) => {
+                if f.ts_us <= at.last_ts {
+                    continue;
+                }
+                at.last_ts = f.ts_us;
+            }
+            ReadItem::Config(c) => {
+                let this = (c.codec, c.data.clone());
+                if at.last_config.as_ref() == Some(&this) {
+                    // Every re-read starts with the configuration in force; send it once.
+                    continue;
+                }
+                at.last_config = Some(this);
+            }
+        }
+        if tx.blocking_send(Ok(item_to_proto(item))).is_err() {
+            return None;
+        }
+    }
+    if at.last_ts != i64::MIN {
+        at.from_us = at.last_ts + 1;
+    }
+    (!tx.is_closed()).then_some(at)
+}
+
 #[tonic::async_trait]
 impl proto::playback_server::Playback for Api {
     type ReadFramesStream = BoxStream<proto::ReadItem>;
@@ -574,44 +659,24 @@ impl proto::playback_server::Playback for Api {
         self.0.audit_read(&p, action, &r.camera, r.from_us, to, &access, &grant, serde_json::Value::Null)?;
         let (tx, rx) = mpsc::channel(16);
         let server = self.0.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut last_ts = i64::MIN;
-            let mut from = r.from_us;
+        let mut durable = self.0.durable.clone();
+        // One pass reads what is durable on a blocking thread (the reads are file I/O); between
+        // passes a follow waits on the store's durability signal, holding no thread.
+        tokio::spawn(async move {
+            let mut at = FollowAt { from_us: r.from_us, last_ts: i64::MIN, last_config: None };
             loop {
-                let reader = match server.store.read(&r.camera, from, to) {
-                    Ok(rd) => Some(rd),
-                    Err(Error::NotFound(_)) if r.follow => None,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(status(e)));
-                        return;
-                    }
-                };
-                for item in reader.into_iter().flatten() {
-                    let item = match item {
-                        Ok(i) => i,
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(status(e)));
-                            return;
-                        }
-                    };
-                    if let ReadItem::Frame(f) = &item {
-                        if f.ts_us <= last_ts {
-                            continue;
-                        }
-                        last_ts = f.ts_us;
-                    } else if last_ts != i64::MIN && r.follow {
-                        // Configs repeat with every re-read; send the one in force once.
-                    }
-                    if tx.blocking_send(Ok(item_to_proto(item))).is_err() {
-                        return;
-                    }
-                }
-                if !r.follow || tx.is_closed() {
+                durable.borrow_and_update();
+                let (server, tx_pass, camera) = (server.clone(), tx.clone(), r.camera.clone());
+                let follow = r.follow;
+                let pass = tokio::task::spawn_blocking(move || read_pass(&server, &camera, at, to, follow, &tx_pass)).await;
+                let Ok(Some(next)) = pass else { return };
+                at = next;
+                if !r.follow {
                     return;
                 }
-                std::thread::sleep(FOLLOW_POLL);
-                if last_ts != i64::MIN {
-                    from = last_ts + 1;
+                tokio::select! {
+                    changed = durable.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
                 }
             }
         });
@@ -991,11 +1056,36 @@ impl proto::audit_server::Audit for Api {
             entries: v.entries,
             checkpoints: v.checkpoints,
             ok: v.problem.is_none(),
-            problem: v.problem.map(|(o, s, w)| format!("offset {o}, entry {s:?}: {w}")).unwrap_or_default(),
+            problem: v
+                .problem
+                .map(|(offset, seq, what)| match seq {
+                    Some(seq) => format!("entry {seq} at byte offset {offset}: {what}"),
+                    None => format!("at byte offset {offset}: {what}"),
+                })
+                .unwrap_or_default(),
             head_hash: v.head_hash,
             public_key: self.0.store.signing_public_key().map_err(status)?,
         }))
     }
+
+    async fn server_key(&self, req: Request<proto::ServerKeyRequest>) -> Result<Response<proto::ServerKeyResponse>, Status> {
+        // Any principal: the key is public, and whoever receives an export or a certificate
+        // needs it to check the signature against a key they trust rather than the one inside.
+        self.0.authenticate(&req)?;
+        let public_key = self.0.store.signing_public_key().map_err(status)?;
+        let fingerprint = key_fingerprint(&public_key).map_err(Status::internal)?;
+        Ok(Response::new(proto::ServerKeyResponse { public_key, fingerprint }))
+    }
+}
+
+/// A signing key's fingerprint for people to compare: the first 16 hex digits of SHA-256 of the
+/// key's 32 bytes, grouped `xxxx:xxxx:xxxx:xxxx` (64 bits: enough to tell keys apart by eye,
+/// short enough to read over the phone).
+pub fn key_fingerprint(public_key_hex: &str) -> Result<String, String> {
+    let key = storage_core::signing::unhex::<32>(public_key_hex.trim())
+        .ok_or_else(|| format!("{public_key_hex:?} is not an Ed25519 public key (64 hex digits)"))?;
+    let digest = sha256_hex(&key);
+    Ok([&digest[0..4], &digest[4..8], &digest[8..12], &digest[12..16]].join(":"))
 }
 
 #[tonic::async_trait]

@@ -134,8 +134,20 @@ pub fn new_secret() -> Result<String, String> {
     Ok(format!("cvt_{}", storage_core::signing::hex(&b)))
 }
 
-/// Loads a JSON document, or the default if it does not exist yet.
+/// Loads a JSON document, or the default if it does not exist yet. A document other local
+/// users can read is refused (token hashes and the camera registry are the owner's alone).
 pub fn load<T: DeserializeOwned + Default>(path: &Path) -> Result<T, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let mode = m.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{} has mode {mode:04o}: it must be readable by its owner only; fix it with: chmod 600 {}",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{} is damaged: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
@@ -143,18 +155,12 @@ pub fn load<T: DeserializeOwned + Default>(path: &Path) -> Result<T, String> {
     }
 }
 
-/// Replaces a JSON document atomically and durably.
+/// Replaces a JSON document atomically and durably, through the engine's own crash-atomic
+/// write (temporary file created 0600, fsync, rename, fsync of the directory, created 0700).
 pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
+    use storage_core::io::{StdVfs, Vfs};
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let tmp = path.with_extension("json.tmp");
+    StdVfs.create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
-    (|| -> std::io::Result<()> {
-        let f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut &f, &bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })()
-    .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    storage_core::io::write_file_atomic(&StdVfs, &dir, path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

@@ -180,6 +180,10 @@ fn bad_publishers_get_clear_statuses_and_lose_nothing() {
             access: Some(proto::Access { purpose: purpose.into(), ..Default::default() }),
             digest: digest.into(),
         };
+        // A read without a purpose is refused by the server itself, whatever the client.
+        let refused = export.export_clip(export_request(T0, " ", "")).await.expect_err("no purpose");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("purpose"), "{refused:?}");
         let req = export_request(T0, "check", "md5");
         let refused = export.export_clip(req.clone()).await.expect_err("an unknown digest is refused");
         assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");

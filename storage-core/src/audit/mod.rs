@@ -180,17 +180,17 @@ pub(crate) fn read_anchor(vfs: &Arc<dyn Vfs>, key_dir: &Path) -> Result<Option<A
     let f = vfs.open(&path).map_err(|e| Error::io("open audit anchor", &path, e))?;
     let mut b = [0u8; 2 * ANCHOR_SLOT_BYTES];
     let n = read_up_to(f.as_ref(), &mut b, 0).map_err(|e| Error::io("read audit anchor", &path, e))?;
-    if n == b.len() && b.iter().all(|&x| x == 0) {
-        // Created before the first entry: nothing anchored yet.
+    let slot = |i: usize| b.get(i * ANCHOR_SLOT_BYTES..((i + 1) * ANCHOR_SLOT_BYTES).min(n)).unwrap_or_default();
+    let slots = [decode_anchor(slot(0)), decode_anchor(slot(1))];
+    if let Some(a) = slots.iter().flatten().max_by_key(|a| a.seq) {
+        return Ok(Some(*a));
+    }
+    if n == b.len() && (slot(0).iter().all(|&x| x == 0) || slot(1).iter().all(|&x| x == 0)) {
+        // Created before the first entry, and at most the first slot write torn by a crash:
+        // nothing anchored yet (the log may hold that one entry).
         return Ok(Some(Anchor { seq: 0, log_len: 0, hash: [0; 32] }));
     }
-    let slots = [decode_anchor(&b[..n.min(ANCHOR_SLOT_BYTES)]), decode_anchor(b.get(ANCHOR_SLOT_BYTES..n).unwrap_or_default())];
-    match slots.iter().flatten().max_by_key(|a| a.seq) {
-        Some(a) => Ok(Some(*a)),
-        None => {
-            Err(Error::Corrupt { path, offset: Some(0), detail: "audit anchor: neither slot is valid (damaged or overwritten)".into() })
-        }
-    }
+    Err(Error::Corrupt { path, offset: Some(0), detail: "audit anchor: neither slot is valid (damaged or overwritten)".into() })
 }
 
 /// The anchor file, open for its in-place slot writes.

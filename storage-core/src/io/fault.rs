@@ -22,6 +22,8 @@ struct Faults {
     budget: AtomicI64,
     /// 0 = EIO, 1 = ENOSPC.
     kind: AtomicU8,
+    /// Whether a failure has been returned.
+    fired: std::sync::atomic::AtomicBool,
 }
 
 impl Faults {
@@ -34,6 +36,7 @@ impl Faults {
         }
         // Stay at zero so every later call fails too.
         self.budget.store(0, Ordering::SeqCst);
+        self.fired.store(true, Ordering::SeqCst);
         Err(match self.kind.load(Ordering::SeqCst) {
             1 => io::Error::from_raw_os_error(28),
             _ => io::Error::from_raw_os_error(5),
@@ -61,6 +64,11 @@ impl FaultyVfs {
     pub fn fail_after(&self, n: u64, kind: FaultKind) {
         self.faults.kind.store(if kind == FaultKind::NoSpace { 1 } else { 0 }, Ordering::SeqCst);
         self.faults.budget.store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::SeqCst);
+    }
+
+    /// Whether an injected failure has been returned since creation.
+    pub fn fired(&self) -> bool {
+        self.faults.fired.load(Ordering::SeqCst)
     }
 
     /// Stops failing.

@@ -232,13 +232,7 @@ impl Inner {
             .rotate(&ids, self.clock.now_us())?;
         let mut dirs = BTreeSet::new();
         for s in &intent.segments {
-            let seg = self.segment_path(&s.camera, SegmentId(s.segment));
-            let kfi = self.seg_root().join(&s.camera).join(kfi_file_name(SegmentId(s.segment)));
-            for p in [seg, kfi] {
-                if self.vfs.exists(&p) {
-                    self.vfs.remove_file(&p).map_err(|e| Error::io("unlink erased segment", &p, e))?;
-                }
-            }
+            self.unlink_segment_files(s)?;
             dirs.insert(self.seg_root().join(&s.camera));
         }
         for d in dirs {
@@ -271,6 +265,18 @@ impl Inner {
         self.metrics.segments_erased.fetch_add(intent.segments.len() as u64, Ordering::Relaxed);
         tracing::info!(erase_id = intent.erase_id, rule = %intent.rule, segments = intent.segments.len(), kek = rotation.destroyed_kek.0, "crypto-erase complete");
         Ok(receipt)
+    }
+
+    /// Unlinks an erased segment's file and sidecar (either may be gone already).
+    fn unlink_segment_files(&self, s: &ErasedSegment) -> Result<()> {
+        let seg = self.segment_path(&s.camera, SegmentId(s.segment));
+        let kfi = self.seg_root().join(&s.camera).join(kfi_file_name(SegmentId(s.segment)));
+        for p in [seg, kfi] {
+            if self.vfs.exists(&p) {
+                self.vfs.remove_file(&p).map_err(|e| Error::io("unlink erased segment", &p, e))?;
+            }
+        }
+        Ok(())
     }
 
     /// At open: erasures decided before a crash are finished before anything else.
@@ -330,15 +336,17 @@ impl Inner {
             match keys.take() {
                 Some(mut ks) => {
                     let g = ks.generation();
-                    ks.destroy_all()?;
-                    Some(g)
+                    let kek = ks.destroy_all()?;
+                    Some((g, kek))
                 }
                 None => None,
             }
         };
-        // Whatever else this store's provider still holds (a crash between steps, a rotation's
-        // spare KEK): the provider is bound to this store, so these are its own.
-        let mut destroyed: Vec<u64> = Vec::new();
+        // The current generation's KEK first, then whatever else this store's provider still
+        // holds (a crash between steps, a rotation's spare KEK): the provider is bound to this
+        // store, so these are its own.
+        let mut destroyed: Vec<u64> = generation.iter().map(|(_, k)| k.0).collect();
+        let generation = generation.map(|(g, _)| g);
         for k in self.kek.list_keks()? {
             self.kek.destroy_kek(k)?;
             destroyed.push(k.0);
@@ -351,13 +359,7 @@ impl Inner {
         }
         self.vfs.sync_dir(key_dir).map_err(|e| Error::io("fsync key directory", key_dir, e))?;
         for s in &intent.segments {
-            let seg = self.segment_path(&s.camera, SegmentId(s.segment));
-            let kfi = self.seg_root().join(&s.camera).join(kfi_file_name(SegmentId(s.segment)));
-            for p in [seg, kfi] {
-                if self.vfs.exists(&p) {
-                    self.vfs.remove_file(&p).map_err(|e| Error::io("unlink segment", &p, e))?;
-                }
-            }
+            self.unlink_segment_files(s)?;
         }
         let recs: Vec<CatalogRecord> = intent.segments.iter().map(|s| CatalogRecord::Erased { segment: SegmentId(s.segment) }).collect();
         lock(&self.catalog, "catalog")?.append_many(&recs)?;
@@ -417,11 +419,13 @@ impl Store {
     /// Runs a retention sweep now: every sealed segment whose newest frame is older than its
     /// camera's retention, and that no hold covers, is crypto-erased. Idempotent.
     pub fn sweep(&self) -> Result<SweepReport> {
+        self.inner.check_live()?;
         self.inner.sweep(None, "system")
     }
 
     /// Sweeps one camera now, on an operator's request (same rules: expired and unheld only).
     pub fn sweep_camera(&self, camera: &str, actor: &str) -> Result<SweepReport> {
+        self.inner.check_live()?;
         check_camera_id(camera)?;
         check_text("actor", actor, true)?;
         self.inner.sweep(Some(camera), actor)
@@ -430,6 +434,7 @@ impl Store {
     /// Erases the given segments now. Refused, erasing nothing, if any of them is unknown,
     /// still being written, unexpired or held.
     pub fn erase_segments(&self, segments: &[SegmentId], actor: &str, reason: &str) -> Result<EraseReceipt> {
+        self.inner.check_live()?;
         check_text("actor", actor, true)?;
         check_text("reason", reason, true)?;
         let mut ctl = lock(&self.inner.control, "control")?;
@@ -483,6 +488,7 @@ impl Store {
     /// Sets `camera`'s retention in days. Below the 30-day floor is refused
     /// (`FailedPrecondition`); audited.
     pub fn set_retention(&self, camera: &str, days: u32, actor: &str, reason: &str) -> Result<()> {
+        self.inner.check_live()?;
         check_camera_id(camera)?;
         check_days(days)?;
         check_text("actor", actor, true)?;
@@ -518,6 +524,7 @@ impl Store {
     /// erased; the hold lists the spans it actually protects (video erased before it was placed
     /// is not among them).
     pub fn place_hold(&self, request: HoldRequest) -> Result<Hold> {
+        self.inner.check_live()?;
         check_text("case reference", &request.case_ref, true)?;
         check_text("placed_by", &request.placed_by, true)?;
         check_text("reason", &request.reason, true)?;
@@ -557,6 +564,7 @@ impl Store {
 
     /// Releases a hold (who and why are recorded); the next sweep may erase what it pinned.
     pub fn release_hold(&self, id: u64, by: &str, reason: &str) -> Result<Hold> {
+        self.inner.check_live()?;
         check_text("released_by", by, true)?;
         check_text("reason", reason, true)?;
         let mut ctl = lock(&self.inner.control, "control")?;
@@ -596,6 +604,7 @@ impl Store {
     /// removes every segment and returns a signed erase certificate. Refused while any hold is
     /// in force, any stream is open, or any video is unexpired.
     pub fn decommission(&self, actor: &str, reason: &str) -> Result<EraseCertificate> {
+        self.inner.check_live()?;
         check_text("actor", actor, true)?;
         check_text("reason", reason, true)?;
         let mut ctl = lock(&self.inner.control, "control")?;

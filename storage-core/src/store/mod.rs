@@ -136,6 +136,39 @@ pub(crate) struct Inner {
     pub kek: Arc<dyn KekProvider>,
     /// Exclusive locks on the root and the key directory, held for the store's life.
     _locks: Vec<Box<dyn crate::io::VfsLock>>,
+    /// Called each time frames become durable (see [`Store::on_durable`]).
+    durable_hooks: RwLock<Vec<DurableHook>>,
+}
+
+/// A callback run when frames become durable.
+type DurableHook = Box<dyn Fn() + Send + Sync>;
+
+/// Checks every record (CRC and structure, no key needed) and the footer of the sealed
+/// segment at `path`: the damage found, `(offset, what)`, at most one in the records and one
+/// in the footer.
+pub(crate) fn check_sealed_segment(vfs: &Arc<dyn Vfs>, path: &Path, info: &SealedInfo) -> Result<Vec<(Option<u64>, String)>> {
+    let file = match vfs.open(path) {
+        Ok(f) => f,
+        Err(err) => return Ok(vec![(None, format!("segment file cannot be opened: {err}"))]),
+    };
+    let mut found = Vec::new();
+    let mut cursor = RecordCursor::new(file.clone(), HEADER_LEN as u64, info.footer_offset);
+    loop {
+        match cursor.next_record().map_err(|err| Error::io("scrub segment", path, err))? {
+            Ok(_) => {}
+            Err(Stop::End) => break,
+            Err(Stop::Bad { offset, detail }) => {
+                found.push((Some(offset), detail));
+                break;
+            }
+        }
+    }
+    if let Err(detail) =
+        read_footer(file.as_ref(), info.footer_offset, info.file_len).map_err(|err| Error::io("scrub segment", path, err))?
+    {
+        found.push((Some(info.footer_offset), detail));
+    }
+    Ok(found)
 }
 
 /// Takes the exclusive lock of a store directory, or says who is in the way.
@@ -245,6 +278,7 @@ impl Store {
             id,
             kek,
             _locks: locks,
+            durable_hooks: RwLock::new(Vec::new()),
         });
         if let Some(t) = audit_findings.torn {
             // The cut is itself on the record, with what was cut and where its bytes are kept.
@@ -427,28 +461,8 @@ impl Store {
                     continue;
                 };
                 let path = self.inner.segment_path(&camera, e.id);
-                let file = match self.inner.vfs.open(&path) {
-                    Ok(f) => f,
-                    Err(err) => {
-                        found.push(self.inner.report(path, Some(e.id), None, format!("segment file cannot be opened: {err}")));
-                        continue;
-                    }
-                };
-                let mut cursor = RecordCursor::new(file.clone(), HEADER_LEN as u64, info.footer_offset);
-                loop {
-                    match cursor.next_record().map_err(|err| Error::io("scrub segment", &path, err))? {
-                        Ok(_) => {}
-                        Err(Stop::End) => break,
-                        Err(Stop::Bad { offset, detail }) => {
-                            found.push(self.inner.report(path.clone(), Some(e.id), Some(offset), detail));
-                            break;
-                        }
-                    }
-                }
-                if let Err(detail) =
-                    read_footer(file.as_ref(), info.footer_offset, info.file_len).map_err(|err| Error::io("scrub segment", &path, err))?
-                {
-                    found.push(self.inner.report(path.clone(), Some(e.id), Some(info.footer_offset), detail));
+                for (offset, detail) in check_sealed_segment(&self.inner.vfs, &path, &info)? {
+                    found.push(self.inner.report(path.clone(), Some(e.id), offset, detail));
                 }
             }
         }
@@ -463,6 +477,15 @@ impl Store {
     /// True while the last attempt to create a segment found the disk full.
     pub fn is_out_of_space(&self) -> bool {
         self.inner.no_space.load(Ordering::Relaxed)
+    }
+
+    /// Registers `hook`, called each time frames become durable (a group commit's stream
+    /// fsync, a seal). It runs on the store's own threads, so it must not block: a live reader
+    /// uses it to wake up and re-read instead of polling.
+    pub fn on_durable(&self, hook: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut h) = self.inner.durable_hooks.write() {
+            h.push(Box::new(hook));
+        }
     }
 
     /// The store's identity (written at creation into its root, key directory and KEK
@@ -607,6 +630,15 @@ fn flush_all(inner: &Arc<Inner>) -> Result<()> {
 }
 
 impl Inner {
+    /// Runs the [`Store::on_durable`] hooks.
+    pub(crate) fn notify_durable(&self) {
+        if let Ok(hooks) = self.durable_hooks.read() {
+            for h in hooks.iter() {
+                h();
+            }
+        }
+    }
+
     pub(crate) fn segment_path(&self, camera: &str, id: SegmentId) -> PathBuf {
         self.seg_root.join(camera).join(segment_file_name(id))
     }
@@ -656,7 +688,9 @@ impl Inner {
         }
     }
 
-    /// Refuses every call but the audit log's once the store is decommissioned.
+    /// Refuses every call that writes or reads video, or changes retention, holds or keys,
+    /// once the store is decommissioned; the audit log, the hold list and the certificate stay
+    /// readable.
     pub(crate) fn check_live(&self) -> Result<()> {
         match self.decommissioned.lock().map_err(|_| Error::Poisoned("decommission state".into()))?.as_ref() {
             Some(why) => Err(Error::Decommissioned(why.clone())),

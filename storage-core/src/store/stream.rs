@@ -128,6 +128,7 @@ impl StreamShared {
             inner.set_no_space(false);
         }
         self.publish_durable(seq);
+        inner.notify_durable();
         Ok(())
     }
 
@@ -177,6 +178,7 @@ impl StreamShared {
         inner.metrics.segments_sealed.fetch_add(1, Ordering::Relaxed);
         self.publish_durable(st.seq);
         st.synced_seq = st.seq;
+        inner.notify_durable();
         Ok(())
     }
 }
