@@ -331,8 +331,12 @@ fn a_decommission_interrupted_by_a_crash_finishes_at_the_next_open() {
         let outcome = store.decommission("admin", "retire disk");
         std::mem::forget(store);
         let image = mem.crash(CrashMode::LoseUnsynced);
+        // The marker is the commit point: without it nothing was decided and the intent is
+        // abandoned (the store may have taken video and holds since the failure).
+        let marker_written = image.exists(std::path::Path::new("/keys/decommissioned.json"));
         let reopened = open_cfg(Arc::new(image.clone()), &clock, test_config()).expect("reopen after the crash");
         let decommissioned = matches!(reopened.open_stream("cam-z", Codec::H264, b"c"), Err(Error::Decommissioned(_)));
+        assert_eq!(decommissioned, marker_written, "fault at {fault_at}");
         if outcome.is_ok() {
             assert!(decommissioned, "fault at {fault_at}: a finished decommission is durable");
         }

@@ -284,17 +284,17 @@ impl Inner {
         let mut ctl = lock(&self.control, "control")?;
         let pending: Vec<EraseIntent> = ctl.pending.values().cloned().collect();
         for intent in pending {
-            tracing::warn!(erase_id = intent.erase_id, "finishing an erasure interrupted by a crash");
-            self.unindex(&intent.segments)?;
             if intent.rule == DECOMMISSION_RULE {
-                // Its marker was written before any key was destroyed, so a crash after the
-                // intent and before the marker left every key whole: the decommission is
-                // finished now, never run as a rotation.
-                write_decommission_marker(self, &DecommissionMarker::started(self, &intent))?;
-                let marker = self.finish_decommission(&mut ctl, &intent)?;
-                *lock(&self.decommissioned, "decommission state")? = Some(marker.summary());
+                // A decommission whose marker was written is finished before this (the store
+                // opens decommissioned). Without a marker it was never decided: every key is
+                // whole, and the store may have taken video and holds since. Abandoned.
+                tracing::warn!(erase_id = intent.erase_id, "abandoning a decommission that never reached its marker");
+                ctl.append(&ControlRecord::EraseDone { erase_id: intent.erase_id, at_us: self.clock.now_us() })?;
+                ctl.pending.remove(&intent.erase_id);
                 continue;
             }
+            tracing::warn!(erase_id = intent.erase_id, "finishing an erasure interrupted by a crash");
+            self.unindex(&intent.segments)?;
             self.run_erase(&mut ctl, &intent)?;
         }
         Ok(())
@@ -386,10 +386,19 @@ impl Inner {
             public_key: hex(signer.verifying_key().as_bytes()),
             document,
         };
+        // The certificate lists every segment and may outgrow an audit entry: the entry names
+        // it by digest and signature; the whole certificate is in the markers.
         self.audit_append(AuditRecord {
             actor: intent.actor.clone(),
             action: "decommission".into(),
-            detail: serde_json::to_value(&cert).unwrap_or_default(),
+            detail: serde_json::json!({
+                "certificate_sha256": hex(&<sha2::Sha256 as sha2::Digest>::digest(cert.document.as_bytes())),
+                "signature": cert.signature,
+                "public_key": cert.public_key,
+                "segment_count": intent.segments.len(),
+                "keks_destroyed": destroyed,
+                "certificate_in": DECOMMISSION_MARKER,
+            }),
             ..AuditRecord::default()
         })?;
         let mut marker = DecommissionMarker::started(self, intent);
@@ -636,10 +645,31 @@ impl Store {
                 "decommission refused: {unexpired} segments are unexpired; nothing unexpired is ever deleted (move or let them expire first)"
             )));
         }
-        let intent = self.inner.commit_intent(&mut ctl, DECOMMISSION_RULE, actor, reason, all)?;
-        // The marker first (DESIGN.md "Lifecycle: decommission"): from here on no open of this
-        // store creates a key store or accepts a write, whatever happens next.
-        write_decommission_marker(&self.inner, &DecommissionMarker::started(&self.inner, &intent))?;
+        // The intent, without unindexing yet: until the marker is written the decommission is
+        // not decided, and a failure here leaves the store whole and live.
+        let intent = EraseIntent {
+            erase_id: ctl.next_erase,
+            rule: DECOMMISSION_RULE.into(),
+            actor: actor.into(),
+            at_us: self.inner.clock.now_us(),
+            segments: all,
+            reason: reason.into(),
+        };
+        ctl.append(&ControlRecord::EraseIntent(intent.clone()))?;
+        ctl.next_erase += 1;
+        ctl.pending.insert(intent.erase_id, intent.clone());
+        // The marker is the commit point (DESIGN.md "Lifecycle: decommission"): from here on no
+        // open of this store creates a key store or accepts a write, whatever happens next.
+        if let Err(e) = write_decommission_marker(&self.inner, &DecommissionMarker::started(&self.inner, &intent)) {
+            // Not decided: abandon the intent (an open would abandon it too).
+            if ctl.append(&ControlRecord::EraseDone { erase_id: intent.erase_id, at_us: self.inner.clock.now_us() }).is_ok() {
+                ctl.pending.remove(&intent.erase_id);
+            }
+            return Err(e);
+        }
+        *lock(&self.inner.decommissioned, "decommission state")? =
+            Some(format!("store {} is being decommissioned by {actor:?} ({reason:?})", self.inner.id));
+        self.inner.unindex(&intent.segments)?;
         let marker = self.inner.finish_decommission(&mut ctl, &intent)?;
         *lock(&self.inner.decommissioned, "decommission state")? = Some(marker.summary());
         marker.certificate.ok_or_else(|| Error::Decommissioned("the certificate was not written".into()))
