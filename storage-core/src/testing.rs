@@ -19,6 +19,12 @@ pub fn synthetic_catalog(
     t0_us: i64,
     segment_us: i64,
 ) -> Result<()> {
+    // A store with segments opens only with its key store: an empty generation under a file
+    // KEK in the default directories (the segments have no files, so no key is ever asked for).
+    let id = fixture_identity(vfs, root, &root.join("keys"))?;
+    let kek: Arc<dyn crate::keys::KekProvider> = Arc::new(crate::keys::FileKekProvider::open(vfs.clone(), root.join("kek"))?);
+    kek.bind_store(id)?;
+    drop(crate::keys::KeyStore::open(vfs.clone(), &root.join("keys"), kek, t0_us, true)?);
     synthetic_catalog_from(vfs, root, cameras, segments_per_camera, t0_us, segment_us, 1)
 }
 
