@@ -767,9 +767,9 @@ pub fn run_recovery(dir: &Path, streams: usize, seconds: u32, payload: &[u8]) ->
             }
         }
         store.flush()?;
-        // The process "dies": nothing is sealed or closed.
+        // The process "dies": nothing is sealed or closed, and its locks go with it.
         std::mem::forget(ws);
-        std::mem::forget(store);
+        store.abandon();
     }
     let start = Instant::now();
     let store = Store::open(cfg.clone())?;

@@ -135,7 +135,7 @@ pub(crate) struct Inner {
     /// The KEK provider, bound to this store.
     pub kek: Arc<dyn KekProvider>,
     /// Exclusive locks on the root and the key directory, held for the store's life.
-    _locks: Vec<Box<dyn crate::io::VfsLock>>,
+    locks: Mutex<Vec<Box<dyn crate::io::VfsLock>>>,
     /// Called each time frames become durable (see [`Store::on_durable`]).
     durable_hooks: RwLock<Vec<DurableHook>>,
 }
@@ -277,7 +277,7 @@ impl Store {
             decommissioned: Mutex::new(None),
             id,
             kek,
-            _locks: locks,
+            locks: Mutex::new(locks),
             durable_hooks: RwLock::new(Vec::new()),
         });
         if let Some(t) = audit_findings.torn {
@@ -486,6 +486,16 @@ impl Store {
         if let Ok(mut h) = self.inner.durable_hooks.write() {
             h.push(Box::new(hook));
         }
+    }
+
+    /// Abandons the store as a crashed process would: nothing is flushed or sealed, and its
+    /// locks are released (as the kernel releases a dead process's). For crash benchmarks.
+    #[doc(hidden)]
+    pub fn abandon(self) {
+        if let Ok(mut l) = self.inner.locks.lock() {
+            l.clear();
+        }
+        std::mem::forget(self);
     }
 
     /// The store's identity (written at creation into its root, key directory and KEK
