@@ -28,6 +28,8 @@ mod catalog;
 pub mod clock;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod identity;
 pub mod io;
 pub mod keys;

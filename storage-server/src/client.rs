@@ -681,11 +681,15 @@ async fn run_remote(cmd: ClientCommand) -> Result<(), String> {
             let mut s = c.read_frames(req).await.map_err(st)?.into_inner();
             let mut frames = 0u64;
             while let Some(item) = s.message().await.map_err(st)? {
-                if let Some(proto::read_item::Item::Frame(f)) = item.item {
-                    frames += 1;
-                    if a.verbose {
-                        println!("{} key={} {} bytes", format_rfc3339(f.ts_us), f.key, f.payload.len());
+                match item.item {
+                    Some(proto::read_item::Item::Frame(f)) => {
+                        frames += 1;
+                        if a.verbose {
+                            println!("{} key={} {} bytes", format_rfc3339(f.ts_us), f.key, f.payload.len());
+                        }
                     }
+                    Some(proto::read_item::Item::Config(c)) if a.verbose => println!("codec config: {} bytes", c.config.len()),
+                    _ => {}
                 }
             }
             println!("{frames} frames");
@@ -721,7 +725,11 @@ async fn ingest(a: IngestArgs) -> Result<(), String> {
         let t = camvault_server::mp4_in::read(&data).map_err(|e| format!("{file}: {e}"))?;
         let ts = i64::from(t.timescale.max(1));
         let first_pts = t.samples.iter().map(|s| s.pts).min().unwrap_or(0);
-        let frames = t.samples.into_iter().map(|s| (s.dts * 1_000_000 / ts, (s.pts - first_pts) * 90_000 / ts, s.key, s.data)).collect();
+        let frames = t
+            .samples
+            .into_iter()
+            .map(|s| (rescale(s.dts, ts, 1_000_000), rescale(s.pts.saturating_sub(first_pts), ts, 90_000), s.key, s.data))
+            .collect();
         (t.codec, t.config, frames)
     } else {
         let (aus, config) = h26x::access_units(codec, &data);
@@ -1225,4 +1233,10 @@ async fn token(cmd: TokenCommand) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `v` ticks of `from_hz` in ticks of `to_hz`, saturating: a file's times can be anything.
+fn rescale(v: i64, from_hz: i64, to_hz: i64) -> i64 {
+    let r = i128::from(v) * i128::from(to_hz) / i128::from(from_hz.max(1));
+    i64::try_from(r).unwrap_or(if r < 0 { i64::MIN } else { i64::MAX })
 }

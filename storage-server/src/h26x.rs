@@ -146,7 +146,13 @@ fn h264_size(sps: &[u8]) -> Option<(u32, u32)> {
                     let (mut last, mut next) = (8i32, 8i32);
                     for _ in 0..size {
                         if next != 0 {
-                            next = (last + b.se()? + 256) % 256;
+                            // delta_scale is -128..=127 (H.264 7.4.2.1.1.1): anything else is
+                            // not an SPS, and would overflow the sum.
+                            let delta = b.se()?;
+                            if !(-128..=127).contains(&delta) {
+                                return None;
+                            }
+                            next = (last + delta + 256) % 256;
                         }
                         last = if next == 0 { last } else { next };
                     }
@@ -171,14 +177,14 @@ fn h264_size(sps: &[u8]) -> Option<(u32, u32)> {
     }
     b.ue()?; // max_num_ref_frames
     b.u(1)?;
-    let w_mbs = b.ue()? + 1;
-    let h_units = b.ue()? + 1;
+    let w_mbs = b.ue()?.checked_add(1)?;
+    let h_units = b.ue()?.checked_add(1)?;
     let frame_mbs_only = b.u(1)?;
     if frame_mbs_only == 0 {
         b.u(1)?;
     }
     b.u(1)?;
-    let (mut w, mut h) = (w_mbs * 16, h_units * 16 * (2 - frame_mbs_only));
+    let (mut w, mut h) = (w_mbs.checked_mul(16)?, h_units.checked_mul(16 * (2 - frame_mbs_only))?);
     if b.u(1)? == 1 {
         let (l, rr, t, bo) = (b.ue()?, b.ue()?, b.ue()?, b.ue()?);
         let (cx, cy) = match chroma {
@@ -186,8 +192,8 @@ fn h264_size(sps: &[u8]) -> Option<(u32, u32)> {
             1 => (2, 2 * (2 - frame_mbs_only)),
             _ => (2, 2 - frame_mbs_only),
         };
-        w = w.saturating_sub((l + rr) * cx);
-        h = h.saturating_sub((t + bo) * cy);
+        w = w.saturating_sub(l.saturating_add(rr).saturating_mul(cx));
+        h = h.saturating_sub(t.saturating_add(bo).saturating_mul(cy));
     }
     Some((w, h))
 }
@@ -238,10 +244,15 @@ fn h265_sps(sps: &[u8]) -> Option<H265Sps> {
             2 => (2, 1),
             _ => (1, 1),
         };
-        w = w.saturating_sub((l + rr) * cx);
-        h = h.saturating_sub((t + bo) * cy);
+        w = w.saturating_sub(l.saturating_add(rr).saturating_mul(cx));
+        h = h.saturating_sub(t.saturating_add(bo).saturating_mul(cy));
     }
     let (bl, bc) = (b.ue()?, b.ue()?);
+    // chroma_format_idc is 0..=3 and bit depths are 8..=16 (H.265 7.4.3.2.1): the `hvcC`
+    // fields they fill are that wide.
+    if chroma > 3 || bl > 8 || bc > 8 {
+        return None;
+    }
     Some((w, h, chroma, bl, bc, ptl, max_sub_layers))
 }
 
@@ -271,6 +282,8 @@ pub fn sample_description(codec: Codec, config: &[u8]) -> Result<SampleDescripti
                 return Err("the H.264 codec configuration needs an SPS and a PPS".into());
             }
             let (w, h) = h264_size(s0).ok_or("the H.264 SPS does not parse")?;
+            let (w, h) = picture_size(w, h)?;
+            check_counts(&sps, 31, &pps, 255)?;
             let mut c = vec![1, s0[1], s0[2], s0[3], 0xff, 0xe0 | sps.len() as u8];
             for s in &sps {
                 c.extend_from_slice(&(s.len() as u16).to_be_bytes());
@@ -281,7 +294,7 @@ pub fn sample_description(codec: Codec, config: &[u8]) -> Result<SampleDescripti
                 c.extend_from_slice(&(p.len() as u16).to_be_bytes());
                 c.extend_from_slice(p);
             }
-            Ok(SampleDescription { fourcc: *b"avc1", config_box: *b"avcC", config: c, width: w as u16, height: h as u16 })
+            Ok(SampleDescription { fourcc: *b"avc1", config_box: *b"avcC", config: c, width: w, height: h })
         }
         _ => {
             let (vps, sps, pps) = (of(32), of(33), of(34));
@@ -290,6 +303,9 @@ pub fn sample_description(codec: Codec, config: &[u8]) -> Result<SampleDescripti
                 return Err("the H.265 codec configuration needs a VPS, an SPS and a PPS".into());
             }
             let (w, h, chroma, bl, bc, ptl, sub_layers) = h265_sps(s0).ok_or("the H.265 SPS does not parse")?;
+            let (w, h) = picture_size(w, h)?;
+            check_counts(&sps, usize::from(u16::MAX), &pps, usize::from(u16::MAX))?;
+            check_counts(&vps, usize::from(u16::MAX), &[], 0)?;
             let mut c = vec![1];
             c.extend_from_slice(&ptl);
             c.extend_from_slice(&[0xf0, 0x00, 0xfc, 0xfc | chroma as u8, 0xf8 | bl as u8, 0xf8 | bc as u8, 0, 0]);
@@ -303,9 +319,30 @@ pub fn sample_description(codec: Codec, config: &[u8]) -> Result<SampleDescripti
                     c.extend_from_slice(n);
                 }
             }
-            Ok(SampleDescription { fourcc: *b"hvc1", config_box: *b"hvcC", config: c, width: w as u16, height: h as u16 })
+            Ok(SampleDescription { fourcc: *b"hvc1", config_box: *b"hvcC", config: c, width: w, height: h })
         }
     }
+}
+
+/// The picture size as the sample description holds it (16 bits each), refused when the SPS
+/// states none or more.
+fn picture_size(w: u32, h: u32) -> Result<(u16, u16), String> {
+    match (u16::try_from(w), u16::try_from(h)) {
+        (Ok(w), Ok(h)) if w > 0 && h > 0 => Ok((w, h)),
+        _ => Err(format!("the SPS states a picture of {w}x{h} pixels")),
+    }
+}
+
+/// The configuration record's counts and 16-bit lengths: more parameter sets than it can list,
+/// or one longer than 65535 bytes, is refused rather than written truncated.
+fn check_counts(sets: &[&[u8]], sets_max: usize, pps: &[&[u8]], pps_max: usize) -> Result<(), String> {
+    if sets.len() > sets_max || pps.len() > pps_max {
+        return Err(format!("{} and {} parameter sets: more than a decoder configuration record lists", sets.len(), pps.len()));
+    }
+    if sets.iter().chain(pps).any(|n| n.len() > usize::from(u16::MAX)) {
+        return Err("a parameter set longer than 65535 bytes".into());
+    }
+    Ok(())
 }
 
 /// One access unit of an Annex B file, with the parameter sets in force.
@@ -392,6 +429,11 @@ struct PocParams {
     num_extra_slice_header_bits: u32,
 }
 
+/// A `log2_max_..._minus4` field: 0..=12 in both codecs.
+fn log2_minus4(v: u32) -> Option<u32> {
+    (v <= 12).then_some(v + 4)
+}
+
 fn h264_poc_params(sps: &[u8]) -> Option<PocParams> {
     let r = rbsp(sps);
     let mut b = Bits { b: &r, pos: 8 };
@@ -412,10 +454,11 @@ fn h264_poc_params(sps: &[u8]) -> Option<PocParams> {
             return None;
         }
     }
-    p.log2_max_frame_num = b.ue()? + 4;
+    // Both are 4..=16 (H.264 7.4.2.1.1): checked, as the shift by them would overflow.
+    p.log2_max_frame_num = log2_minus4(b.ue()?)?;
     p.poc_type = b.ue()?;
     if p.poc_type == 0 {
-        p.log2_max_poc_lsb = b.ue()? + 4;
+        p.log2_max_poc_lsb = log2_minus4(b.ue()?)?;
     } else if p.poc_type == 1 {
         return Some(p);
     }
@@ -461,7 +504,7 @@ fn h265_poc_params(sps: &[u8], pps: &[u8]) -> Option<PocParams> {
     }
     b.ue()?;
     b.ue()?;
-    p.log2_max_poc_lsb = b.ue()? + 4;
+    p.log2_max_poc_lsb = log2_minus4(b.ue()?)?;
     let r = rbsp(pps);
     let mut b = Bits { b: &r, pos: 16 };
     b.ue()?;
@@ -608,5 +651,92 @@ mod tests {
         let mut out = Vec::new();
         to_length_prefixed(Codec::H264, &au, &mut out);
         assert_eq!(out, [0, 0, 0, 4, 0x65, 1, 2, 3]);
+    }
+
+    /// Writes exp-Golomb and fixed fields, for parameter sets that state what they like.
+    #[derive(Default)]
+    struct BitWriter {
+        bits: Vec<bool>,
+    }
+
+    impl BitWriter {
+        fn u(&mut self, n: u32, v: u64) -> &mut Self {
+            for i in (0..n).rev() {
+                self.bits.push((v >> i) & 1 == 1);
+            }
+            self
+        }
+        fn ue(&mut self, v: u64) -> &mut Self {
+            let x = v + 1;
+            let len = 64 - x.leading_zeros();
+            self.u(len - 1, 0).u(len, x)
+        }
+        fn se(&mut self, v: i64) -> &mut Self {
+            self.ue(if v > 0 { 2 * v as u64 - 1 } else { 2 * v.unsigned_abs() })
+        }
+        fn nal(&mut self, header: &[u8]) -> Vec<u8> {
+            self.u(1, 1);
+            while !self.bits.len().is_multiple_of(8) {
+                self.bits.push(false);
+            }
+            let mut out = header.to_vec();
+            out.extend(self.bits.chunks(8).map(|c| c.iter().fold(0u8, |a, &b| a << 1 | u8::from(b))));
+            out
+        }
+    }
+
+    /// A baseline H.264 SPS with the given width field and POC LSB field.
+    fn h264_sps(w_mbs_minus1: u64, log2_poc_lsb_minus4: u64, crop: Option<u64>) -> Vec<u8> {
+        let mut b = BitWriter::default();
+        b.u(8, 66).u(16, 30).ue(0).ue(0).ue(0).ue(log2_poc_lsb_minus4).ue(1).u(1, 0).ue(w_mbs_minus1).ue(8).u(1, 1).u(1, 1);
+        match crop {
+            Some(c) => b.u(1, 1).ue(c).ue(c).ue(0).ue(0),
+            None => b.u(1, 0),
+        };
+        b.u(1, 0).nal(&[0x67])
+    }
+
+    fn config(sps: &[u8]) -> Vec<u8> {
+        [&[0, 0, 0, 1][..], sps, &[0, 0, 0, 1, 0x68, 0xce, 0x38, 0x80]].concat()
+    }
+
+    #[test]
+    fn a_well_formed_sps_gives_its_picture_size() {
+        let d = sample_description(Codec::H264, &config(&h264_sps(19, 0, None))).expect("parses");
+        assert_eq!((d.width, d.height), (320, 144));
+    }
+
+    /// Fields at the top of their exp-Golomb range overflowed the size arithmetic (a panic
+    /// in a checked build, a wrapped size in a release one); they are refused.
+    #[test]
+    fn an_sps_whose_sizes_overflow_is_refused() {
+        let max = u64::from(u32::MAX) - 1;
+        for sps in [h264_sps(max, 0, None), h264_sps(max - 1, 0, None), h264_sps(19, 0, Some(max))] {
+            assert!(sample_description(Codec::H264, &config(&sps)).is_err());
+        }
+        // A size that fits the arithmetic but not the sample description's 16 bits.
+        let e = sample_description(Codec::H264, &config(&h264_sps(5000, 0, None))).err().expect("refused");
+        assert!(e.contains("80016x144"), "{e}");
+    }
+
+    /// `log2_max_pic_order_cnt_lsb_minus4` beyond its range (0..=12) shifted past 64 bits when
+    /// ordering pictures; such a stream keeps decode order.
+    #[test]
+    fn a_poc_field_beyond_its_range_keeps_decode_order() {
+        let sps = h264_sps(19, 60, None);
+        let mut slice = BitWriter::default();
+        let idr = slice.ue(0).ue(7).ue(0).u(4, 0).ue(0).u(64, 0).nal(&[0x65]);
+        let aus: Vec<AccessUnit> = (0..3).map(|_| AccessUnit { data: [&[0, 0, 0, 1][..], &idr].concat(), key: true }).collect();
+        assert_eq!(presentation_order(Codec::H264, &config(&sps), &aus), vec![0, 1, 2]);
+    }
+
+    /// A scaling-list delta outside -128..=127 overflowed the running sum.
+    #[test]
+    fn a_scaling_list_delta_beyond_its_range_is_refused() {
+        let mut b = BitWriter::default();
+        // High profile: chroma 1, bit depths 0, no bypass, scaling matrix present, list 0 present.
+        b.u(8, 100).u(16, 30).ue(0).ue(1).ue(0).ue(0).u(1, 0).u(1, 1).u(1, 1).se(i64::from(i32::MAX));
+        let sps = b.u(64, 0).nal(&[0x67]);
+        assert!(sample_description(Codec::H264, &config(&sps)).is_err());
     }
 }

@@ -6,8 +6,11 @@
 #![warn(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
+pub mod config;
 pub mod conn;
 pub mod digest;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod h26x;
 pub mod ingest;
 pub mod metrics;

@@ -16,6 +16,7 @@
 
 mod client;
 
+use camvault_server::config::{self, ServerConfig};
 use camvault_server::{metrics, now_us, proto, server};
 
 use std::path::{Path, PathBuf};
@@ -24,9 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
-use storage_core::keys::{KekProvider, Pkcs11KekProvider};
-use storage_core::{Codec, Env, FlushPolicy, FrameIn, Store, StoreConfig};
+use storage_core::{Codec, Env, FrameIn, Store};
 
 /// How `serve`, `demo` and `scrub` combine their configuration, for `--help`.
 const PRECEDENCE: &str = "Precedence: an option given on the command line overrides the same setting in the --config \
@@ -158,109 +157,6 @@ const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 /// How long running calls (live publishers, follows) may continue after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// `camvault.toml` (see the sample in the repository root). Every key is optional: an empty
-/// file is the built-in defaults.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServerConfig {
-    #[serde(default = "default_data")]
-    data_dir: PathBuf,
-    #[serde(default)]
-    key_dir: Option<PathBuf>,
-    #[serde(default = "default_listen")]
-    listen: String,
-    #[serde(default = "default_retention")]
-    retention_days_default: u32,
-    #[serde(default = "default_flush_ms")]
-    flush_interval_ms: u64,
-    #[serde(default = "default_sweep_s")]
-    sweep_interval_s: u64,
-    /// Server certificate chain (PEM); with `tls_key`, the server speaks TLS only.
-    #[serde(default)]
-    tls_cert: Option<PathBuf>,
-    /// Server private key (PEM).
-    #[serde(default)]
-    tls_key: Option<PathBuf>,
-    /// CA (PEM) that client certificates must chain to: mutual TLS.
-    #[serde(default)]
-    tls_client_ca: Option<PathBuf>,
-    /// Prometheus metrics address; empty disables.
-    #[serde(default = "default_metrics")]
-    metrics_listen: String,
-    /// Where the key-encryption keys live (`[kek]`).
-    #[serde(default)]
-    kek: KekConfig,
-}
-
-/// The `[kek]` table: which provider holds the key-encryption keys that wrap every data key.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KekConfig {
-    #[serde(default)]
-    provider: KekProviderKind,
-    /// File provider: directory of the KEK files [default: <data_dir>/kek].
-    dir: Option<PathBuf>,
-    /// PKCS#11: the module (`.so`) to load.
-    module: Option<PathBuf>,
-    /// PKCS#11: label of the token holding the KEKs.
-    token_label: Option<String>,
-    /// PKCS#11: file holding the user PIN (one line). The PIN itself is never logged nor put
-    /// in an error message.
-    pin_file: Option<PathBuf>,
-    /// PKCS#11: name of the environment variable holding the user PIN.
-    pin_env: Option<String>,
-    /// PKCS#11: label prefix of this store's KEK objects, so that stores can share a token.
-    label_prefix: Option<String>,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum KekProviderKind {
-    /// KEK files on a local volume (development; DESIGN.md, "Threat model").
-    #[default]
-    File,
-    /// A hardware security module over PKCS#11.
-    Pkcs11,
-}
-
-/// KEK object labels on a PKCS#11 token when `label_prefix` is not set.
-const PKCS11_LABEL_PREFIX_DEFAULT: &str = "camvault-kek-";
-
-/// Largest PIN file read: a PIN is a few dozen characters.
-const PIN_FILE_BYTES_MAX: u64 = 1024;
-
-fn default_metrics() -> String {
-    "127.0.0.1:9464".into()
-}
-
-fn default_data() -> PathBuf {
-    PathBuf::from("./camvault-data")
-}
-fn default_listen() -> String {
-    "127.0.0.1:50051".into()
-}
-fn default_retention() -> u32 {
-    30
-}
-fn default_flush_ms() -> u64 {
-    1000
-}
-fn default_sweep_s() -> u64 {
-    3600
-}
-
-/// The configuration file's values, or the defaults without one.
-fn load_config(path: Option<&Path>) -> Result<ServerConfig, String> {
-    match path {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
-        }
-        // The same defaults as an empty file: one place states them.
-        None => toml::from_str("").map_err(|e| format!("the built-in defaults: {e}")),
-    }
-}
-
 /// Puts a command-line value over the configuration's: the flag wins, and says so when it
 /// replaces what a configuration file set.
 fn set_from_flag<T: std::fmt::Debug>(file: Option<&Path>, key: &str, flag: &str, slot: &mut T, value: Option<T>) {
@@ -275,94 +171,17 @@ fn set_from_flag<T: std::fmt::Debug>(file: Option<&Path>, key: &str, flag: &str,
 /// The configuration with the command line's options over it (see `PRECEDENCE`).
 fn resolve_store(flags: StoreFlags) -> Result<(ServerConfig, Option<PathBuf>), String> {
     let file = flags.config;
-    let mut cfg = load_config(file.as_deref())?;
+    let mut cfg = config::load(file.as_deref())?;
     let f = file.as_deref();
     set_from_flag(f, "data_dir", "--data", &mut cfg.data_dir, flags.data);
     set_from_flag(f, "key_dir", "--key-dir", &mut cfg.key_dir, flags.key_dir.map(Some));
     Ok((cfg, file))
 }
 
-/// The store's configuration from the server's: the one place serve and demo get it from.
-fn store_config(cfg: &ServerConfig) -> StoreConfig {
-    let mut sc = StoreConfig::new(&cfg.data_dir);
-    if let Some(k) = &cfg.key_dir {
-        sc.key_dir = k.clone();
-    }
-    if let Some(d) = &cfg.kek.dir {
-        sc.kek_dir = d.clone();
-    }
-    sc.retention_days_default = cfg.retention_days_default;
-    sc.flush = FlushPolicy::Interval(Duration::from_millis(cfg.flush_interval_ms));
-    sc.sweep_interval = Some(Duration::from_secs(cfg.sweep_interval_s));
-    sc
-}
-
-/// The KEK provider `[kek]` names; `None` is the file provider in `StoreConfig::kek_dir`.
-fn kek_provider(k: &KekConfig) -> Result<Option<Arc<dyn KekProvider>>, String> {
-    match k.provider {
-        KekProviderKind::File => {
-            let pkcs11_only = [
-                ("module", k.module.is_some()),
-                ("token_label", k.token_label.is_some()),
-                ("pin_file", k.pin_file.is_some()),
-                ("pin_env", k.pin_env.is_some()),
-                ("label_prefix", k.label_prefix.is_some()),
-            ];
-            if let Some((key, _)) = pkcs11_only.iter().find(|(_, set)| *set) {
-                return Err(format!("kek.{key} is a PKCS#11 setting: set kek.provider = \"pkcs11\" or remove it"));
-            }
-            Ok(None)
-        }
-        KekProviderKind::Pkcs11 => {
-            if k.dir.is_some() {
-                return Err("kek.dir is for the file provider: a PKCS#11 token keeps its KEKs itself".into());
-            }
-            let module = k.module.as_ref().ok_or("kek.provider = \"pkcs11\" needs kek.module (the PKCS#11 .so)")?;
-            let label = k.token_label.as_deref().ok_or("kek.provider = \"pkcs11\" needs kek.token_label")?;
-            let pin = pkcs11_pin(k)?;
-            let prefix = k.label_prefix.as_deref().unwrap_or(PKCS11_LABEL_PREFIX_DEFAULT);
-            let hsm = Pkcs11KekProvider::open(module, label, &pin, prefix)
-                .map_err(|e| format!("cannot open PKCS#11 token {label:?} through {}: {e}", module.display()))?;
-            tracing::info!(module = %module.display(), token = label, prefix, "KEKs on a PKCS#11 token");
-            Ok(Some(Arc::new(hsm)))
-        }
-    }
-}
-
-/// The token's user PIN from `pin_file` or `pin_env`. Messages name where the PIN was looked
-/// for, never the PIN.
-fn pkcs11_pin(k: &KekConfig) -> Result<zeroize::Zeroizing<String>, String> {
-    use std::io::Read as _;
-    let mut pin = zeroize::Zeroizing::new(String::new());
-    match (&k.pin_file, &k.pin_env) {
-        (Some(path), None) => {
-            let f = std::fs::File::open(path).map_err(|e| format!("cannot read kek.pin_file {}: {e}", path.display()))?;
-            {
-                use std::os::unix::fs::PermissionsExt;
-                if f.metadata().is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
-                    tracing::warn!(pin_file = %path.display(), "the PIN file is readable by other users: chmod 600 it");
-                }
-            }
-            f.take(PIN_FILE_BYTES_MAX).read_to_string(&mut pin).map_err(|e| format!("cannot read kek.pin_file {}: {e}", path.display()))?;
-            let len = pin.trim_end_matches(['\n', '\r']).len();
-            pin.truncate(len);
-        }
-        (None, Some(var)) => {
-            *pin = std::env::var(var).map_err(|_| format!("kek.pin_env names {var}, which is not set (or not UTF-8)"))?;
-        }
-        (None, None) => return Err("kek.provider = \"pkcs11\" needs kek.pin_file or kek.pin_env".into()),
-        (Some(_), Some(_)) => return Err("kek.pin_file and kek.pin_env are alternatives: set one".into()),
-    }
-    if pin.is_empty() {
-        return Err("the PKCS#11 PIN is empty".into());
-    }
-    Ok(pin)
-}
-
 /// Opens the store the configuration describes, with its KEK provider.
 fn open_store(cfg: &ServerConfig) -> Result<Store, String> {
-    let env = Env { kek: kek_provider(&cfg.kek)?, ..Env::default() };
-    Store::open_with(store_config(cfg), env).map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))
+    let env = Env { kek: config::kek_provider(&cfg.kek)?, ..Env::default() };
+    Store::open_with(config::store_config(cfg), env).map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))
 }
 
 fn serve(a: ServeArgs) -> Result<(), String> {
@@ -541,37 +360,11 @@ fn demo(a: DemoArgs) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_sample_config_parses_with_the_defaults() {
-        let c: ServerConfig = toml::from_str(include_str!("../../camvault.toml")).expect("sample config");
-        assert_eq!(c.listen, "127.0.0.1:50051");
-        assert_eq!(c.retention_days_default, 30);
-        assert_eq!(c.data_dir, PathBuf::from("./camvault-data"));
-        assert!(toml::from_str::<ServerConfig>("unknown_key = 1").is_err(), "typos are refused");
-    }
-
-    #[test]
-    fn the_sample_config_keeps_keks_in_files_by_default() {
-        let c: ServerConfig = toml::from_str(include_str!("../../camvault.toml")).expect("sample config");
-        assert_eq!(c.kek.provider, KekProviderKind::File);
-        assert!(matches!(kek_provider(&c.kek), Ok(None)));
-        let sc = store_config(&c);
-        assert_eq!(sc.kek_dir, StoreConfig::new("./camvault-data").kek_dir, "the store's own default");
-    }
-
     /// clap checks its own definitions (conflicting names, bad defaults) only when asked.
     #[test]
     fn the_command_line_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn store_config_honours_key_dir_and_kek_dir() {
-        let c: ServerConfig =
-            toml::from_str("data_dir = \"/d\"\nkey_dir = \"/k\"\n[kek]\nprovider = \"file\"\ndir = \"/kek\"\n").expect("config");
-        let sc = store_config(&c);
-        assert_eq!((sc.root, sc.key_dir, sc.kek_dir), (PathBuf::from("/d"), PathBuf::from("/k"), PathBuf::from("/kek")));
     }
 
     #[test]
@@ -586,42 +379,7 @@ mod tests {
         let (c, _) = resolve_store(flags(None)).expect("resolve");
         assert_eq!(c.data_dir, PathBuf::from("/from-file"));
         let (c, _) = resolve_store(StoreFlags { config: None, data: None, key_dir: None }).expect("resolve");
-        assert_eq!((c.data_dir, c.listen), (default_data(), default_listen()));
-    }
-
-    #[test]
-    fn kek_tables_that_cannot_work_are_refused() {
-        let kek = |t: &str| {
-            toml::from_str::<ServerConfig>(&format!("[kek]\n{t}")).map_err(|e| e.to_string()).and_then(|c| kek_provider(&c.kek).map(|_| ()))
-        };
-        assert!(kek("provider = \"file\"").is_ok());
-        assert!(kek("provider = \"tpm\"").is_err(), "unknown provider");
-        assert!(kek("pin = \"1234\"").is_err(), "unknown key: a PIN is never written in the configuration");
-        assert!(kek("module = \"/x.so\"").expect_err("module without pkcs11").contains("pkcs11"));
-        assert!(kek("provider = \"pkcs11\"\ntoken_label = \"t\"\npin_env = \"P\"").expect_err("no module").contains("kek.module"));
-        assert!(kek("provider = \"pkcs11\"\nmodule = \"/x.so\"\npin_env = \"P\"").expect_err("no label").contains("token_label"));
-        assert!(kek("provider = \"pkcs11\"\nmodule = \"/x.so\"\ntoken_label = \"t\"").expect_err("no PIN").contains("pin"));
-        assert!(kek("provider = \"pkcs11\"\nmodule = \"/x.so\"\ntoken_label = \"t\"\npin_env = \"P\"\npin_file = \"/p\"")
-            .expect_err("two PINs")
-            .contains("alternatives"));
-        assert!(kek("provider = \"pkcs11\"\ndir = \"/kek\"").expect_err("dir with pkcs11").contains("kek.dir"));
-    }
-
-    #[test]
-    fn a_pin_never_appears_in_an_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pin_file = dir.path().join("pin");
-        std::fs::write(&pin_file, "s3cret-pin-4711\n").expect("write");
-        let k = KekConfig {
-            provider: KekProviderKind::Pkcs11,
-            module: Some(dir.path().join("no-such-module.so")),
-            token_label: Some("t".into()),
-            pin_file: Some(pin_file),
-            ..KekConfig::default()
-        };
-        assert_eq!(pkcs11_pin(&k).map(|p| p.to_string()), Ok("s3cret-pin-4711".to_string()), "the newline is not part of the PIN");
-        let e = kek_provider(&k).err().expect("no such module");
-        assert!(!e.contains("s3cret"), "{e}");
-        assert!(e.contains("no-such-module.so"), "{e}");
+        let d = config::parse("").expect("the built-in defaults");
+        assert_eq!((c.data_dir, c.listen), (d.data_dir, d.listen));
     }
 }

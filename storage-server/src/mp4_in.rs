@@ -36,28 +36,38 @@ fn be64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-/// Child boxes of `b`: (type, body).
+/// Child boxes of `b`: (type, body). A box whose stated size runs past its parent ends the
+/// list (sizes are 64-bit in the file: checked, never wrapped).
 fn children(b: &[u8]) -> Vec<([u8; 4], &[u8])> {
     let mut out = Vec::new();
-    let mut i = 0;
+    let mut i = 0usize;
     while i + 8 <= b.len() {
         let Some(size) = be32(b, i) else { break };
         let typ: [u8; 4] = b[i + 4..i + 8].try_into().unwrap_or([0; 4]);
         let (hdr, size) = match size {
             1 => match be64(b, i + 8) {
-                Some(s) => (16, s as usize),
+                Some(s) => (16usize, s),
                 None => break,
             },
-            0 => (8, b.len() - i),
-            s => (8, s as usize),
+            0 => (8, (b.len() - i) as u64),
+            s => (8, u64::from(s)),
         };
-        if size < hdr || i + size > b.len() {
+        let Some(end) = usize::try_from(size).ok().and_then(|s| i.checked_add(s)) else { break };
+        if (size as usize) < hdr || end > b.len() {
             break;
         }
-        out.push((typ, &b[i + hdr..i + size]));
-        i += size;
+        out.push((typ, &b[i + hdr..end]));
+        i = end;
     }
     out
+}
+
+/// The entries of a full box's table: the count it states (at `count_at`), but never more than
+/// the box holds at `entry_bytes` each, so a count in the file cannot drive a loop or an
+/// allocation past the file's own size.
+fn table_len(table: &[u8], count_at: usize, entry_bytes: usize) -> usize {
+    let stated = be32(table, count_at).unwrap_or(0) as usize;
+    stated.min(table.len().saturating_sub(count_at + 4) / entry_bytes)
 }
 
 fn find<'a>(b: &'a [u8], path: &[&[u8; 4]]) -> Option<&'a [u8]> {
@@ -135,19 +145,27 @@ pub fn read(file: &[u8]) -> Result<Mp4Track, String> {
         let stsz = table(b"stsz").ok_or("no stsz")?;
         let uniform = be32(stsz, 4).ok_or("bad stsz")?;
         let count = be32(stsz, 8).ok_or("bad stsz")? as usize;
+        // Every sample lies in the file: a count the file cannot hold is refused before
+        // anything is allocated for it.
+        if uniform == 0 && count > table_len(stsz, 8, 4) {
+            return Err(format!("stsz lists {count} sample sizes but holds {}", table_len(stsz, 8, 4)));
+        }
+        if uniform != 0 && (count as u64).saturating_mul(u64::from(uniform)) > file.len() as u64 {
+            return Err(format!("stsz states {count} samples of {uniform} bytes, more than the file's {} bytes", file.len()));
+        }
         let sizes: Vec<u32> = (0..count)
             .map(|i| if uniform != 0 { Some(uniform) } else { be32(stsz, 12 + 4 * i) })
             .collect::<Option<_>>()
             .ok_or("short stsz")?;
         let chunks: Vec<u64> = if let Some(stco) = table(b"stco") {
-            (0..be32(stco, 4).unwrap_or(0) as usize).filter_map(|i| be32(stco, 8 + 4 * i).map(u64::from)).collect()
+            (0..table_len(stco, 4, 4)).filter_map(|i| be32(stco, 8 + 4 * i).map(u64::from)).collect()
         } else {
             let co64 = table(b"co64").ok_or("no stco/co64")?;
-            (0..be32(co64, 4).unwrap_or(0) as usize).filter_map(|i| be64(co64, 8 + 8 * i)).collect()
+            (0..table_len(co64, 4, 8)).filter_map(|i| be64(co64, 8 + 8 * i)).collect()
         };
         let stsc = table(b"stsc").ok_or("no stsc")?;
-        let stsc_n = be32(stsc, 4).unwrap_or(0) as usize;
-        let runs: Vec<(u32, u32)> = (0..stsc_n).filter_map(|i| Some((be32(stsc, 8 + 12 * i)?, be32(stsc, 12 + 12 * i)?))).collect();
+        let runs: Vec<(u32, u32)> =
+            (0..table_len(stsc, 4, 12)).filter_map(|i| Some((be32(stsc, 8 + 12 * i)?, be32(stsc, 12 + 12 * i)?))).collect();
         // Sample offsets from chunks.
         let mut offsets = Vec::with_capacity(count);
         for (ci, &chunk_off) in chunks.iter().enumerate() {
@@ -158,37 +176,38 @@ pub fn read(file: &[u8]) -> Result<Mp4Track, String> {
                     break;
                 }
                 offsets.push(off);
-                off += u64::from(sizes[offsets.len() - 1]);
+                off = off.checked_add(u64::from(sizes[offsets.len() - 1])).ok_or("a chunk runs past 2^64 bytes")?;
+            }
+            if offsets.len() == count {
+                break;
             }
         }
         let stts = table(b"stts").ok_or("no stts")?;
         let mut durations = Vec::with_capacity(count);
-        for i in 0..be32(stts, 4).unwrap_or(0) as usize {
+        for i in 0..table_len(stts, 4, 8) {
             let (n, d) = (be32(stts, 8 + 8 * i).unwrap_or(0), be32(stts, 12 + 8 * i).unwrap_or(0));
-            durations.extend(std::iter::repeat_n(d, n as usize));
+            durations.extend(std::iter::repeat_n(d, (n as usize).min(count - durations.len())));
         }
         let mut ctts_v = vec![0i64; count];
         if let Some(ctts) = table(b"ctts") {
             let mut k = 0;
-            for i in 0..be32(ctts, 4).unwrap_or(0) as usize {
+            for i in 0..table_len(ctts, 4, 8) {
                 let (n, o) = (be32(ctts, 8 + 8 * i).unwrap_or(0), be32(ctts, 12 + 8 * i).unwrap_or(0) as i32);
-                for _ in 0..n {
-                    if k < count {
-                        ctts_v[k] = i64::from(o);
-                        k += 1;
-                    }
+                for v in ctts_v.iter_mut().skip(k).take(n as usize) {
+                    *v = i64::from(o);
                 }
+                k = k.saturating_add(n as usize).min(count);
             }
         }
-        let sync: Option<Vec<u32>> =
-            table(b"stss").map(|s| (0..be32(s, 4).unwrap_or(0) as usize).filter_map(|i| be32(s, 8 + 4 * i)).collect());
-        let mut samples = Vec::with_capacity(count);
+        let sync: Option<Vec<u32>> = table(b"stss").map(|s| (0..table_len(s, 4, 4)).filter_map(|i| be32(s, 8 + 4 * i)).collect());
+        let mut samples = Vec::with_capacity(count.min(offsets.len()));
         let mut dts = 0i64;
         for i in 0..count.min(offsets.len()) {
-            let (o, n) = (offsets[i] as usize, sizes[i] as usize);
-            let raw = file.get(o..o + n).ok_or("a sample lies outside the file")?;
+            let n = sizes[i] as usize;
+            let raw =
+                usize::try_from(offsets[i]).ok().and_then(|o| file.get(o..o.checked_add(n)?)).ok_or("a sample lies outside the file")?;
             let mut data = Vec::with_capacity(n + 16);
-            let mut j = 0;
+            let mut j = 0usize;
             while j + 4 <= raw.len() {
                 let l = be32(raw, j).unwrap_or(0) as usize;
                 let nal = raw.get(j + 4..j + 4 + l).ok_or("a NAL unit overruns its sample")?;
@@ -197,10 +216,74 @@ pub fn read(file: &[u8]) -> Result<Mp4Track, String> {
                 j += 4 + l;
             }
             let key = sync.as_ref().is_none_or(|s| s.binary_search(&(i as u32 + 1)).is_ok());
-            samples.push(Mp4Sample { data, key, dts, pts: dts + ctts_v[i] });
-            dts += i64::from(durations.get(i).copied().unwrap_or(0));
+            samples.push(Mp4Sample { data, key, dts, pts: dts.saturating_add(ctts_v[i]) });
+            dts = dts.saturating_add(i64::from(durations.get(i).copied().unwrap_or(0)));
         }
         return Ok(Mp4Track { codec, config, timescale, samples });
     }
     Err("no H.264 or H.265 video track".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed() -> Vec<u8> {
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/mp4_demux/h264.mp4")).expect("the H.264 seed")
+    }
+
+    fn find_box(file: &[u8], fourcc: &[u8; 4]) -> usize {
+        file.windows(4).position(|w| w == fourcc).expect("box") - 4
+    }
+
+    #[test]
+    fn the_seed_demuxes() {
+        let t = read(&seed()).expect("demux");
+        assert_eq!((t.codec, t.samples.len()), (Codec::H264, 6));
+        assert!(t.samples[0].key && t.samples[0].data.starts_with(&[0, 0, 0, 1]));
+    }
+
+    /// A box with a 64-bit `largesize` that wraps the offset sum ends the box list; it was an
+    /// overflow (a panic in a checked build, a wrong slice in a release one).
+    #[test]
+    fn a_64_bit_largesize_that_wraps_ends_the_box_list() {
+        for largesize in [u64::MAX, u64::MAX - 7, 1 << 63] {
+            let mut b = vec![0, 0, 0, 1];
+            b.extend_from_slice(b"moov");
+            b.extend_from_slice(&largesize.to_be_bytes());
+            b.extend_from_slice(&[0; 16]);
+            assert!(children(&b).is_empty());
+            assert!(read(&b).is_err());
+        }
+    }
+
+    /// A sample count the file cannot hold is refused before anything is allocated for it
+    /// (it was `Vec::with_capacity(count)` and a loop of `count` rounds: 4 billion samples
+    /// stated in a 3 KiB file).
+    #[test]
+    fn a_sample_count_the_file_cannot_hold_is_refused_before_allocating() {
+        let mut f = seed();
+        let stsz = find_box(&f, b"stsz");
+        // Full box header (4), sample_size, sample_count.
+        f[stsz + 12..stsz + 16].copy_from_slice(&1u32.to_be_bytes());
+        f[stsz + 16..stsz + 20].copy_from_slice(&u32::MAX.to_be_bytes());
+        let e = read(&f).err().expect("refused");
+        assert!(e.contains("stsz"), "{e}");
+        // Listed sizes: the count is more than the table holds.
+        let mut f = seed();
+        f[stsz + 16..stsz + 20].copy_from_slice(&u32::MAX.to_be_bytes());
+        let e = read(&f).err().expect("refused");
+        assert!(e.contains("stsz lists"), "{e}");
+    }
+
+    /// Time-to-sample and composition runs of 4 billion samples each fill only the samples
+    /// there are.
+    #[test]
+    fn run_lengths_past_the_sample_count_are_cut_at_it() {
+        let mut f = seed();
+        let stts = find_box(&f, b"stts");
+        f[stts + 16..stts + 20].copy_from_slice(&u32::MAX.to_be_bytes());
+        let t = read(&f).expect("demux");
+        assert_eq!(t.samples.len(), 6);
+    }
 }

@@ -36,8 +36,11 @@ const PUBLISH_BATCH_MESSAGES: usize = 64;
 
 /// How often a publisher hears the durable sequence number when it advances.
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
-/// A token's use is audited as a login at most once in this period.
+/// A token's use from one address is audited as a login at most once in this period.
 const LOGIN_AUDIT_PERIOD: Duration = Duration::from_secs(3600);
+/// Most (token, address) pairs remembered for the login audit. Past it, pairs not seen for a
+/// period are forgotten first, then all: forgetting audits a login again, never less.
+const LOGINS_REMEMBERED_MAX: usize = 65_536;
 /// Export chunk size on the wire.
 const EXPORT_CHUNK_BYTES: usize = 1 << 20;
 /// Pieces queued between an export's muxer and its hashing thread, where it has one (see
@@ -53,9 +56,9 @@ pub struct Server {
     dir: PathBuf,
     tokens: Mutex<Tokens>,
     cameras: Mutex<Cameras>,
-    /// When each token's login was last audited: one entry a token (tokens are bounded by
-    /// the token store), not one a TCP connection.
-    logins_audited_us: Mutex<HashMap<String, i64>>,
+    /// When each token's login from each address (IP, not port: not one a TCP connection)
+    /// was last audited; at most [`LOGINS_REMEMBERED_MAX`] pairs.
+    logins_audited_us: Mutex<HashMap<(String, Option<std::net::IpAddr>), i64>>,
     /// Bumped by the store each time frames become durable; live follows wait on it.
     durable: tokio::sync::watch::Receiver<u64>,
     /// Counters exported at `/metrics`.
@@ -190,27 +193,29 @@ impl Server {
             self.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(Status::unauthenticated("unknown or revoked token"));
         };
-        let peer = req.remote_addr().map(|a: SocketAddr| a.to_string()).unwrap_or_default();
+        let peer = req.remote_addr();
+        let key = (id.clone(), peer.map(|a: SocketAddr| a.ip()));
         let now = crate::now_us();
-        let due = self
-            .logins_audited_us
-            .lock()
-            .map(|mut m| {
-                let last = m.entry(id.clone()).or_insert(i64::MIN);
-                let due = now.saturating_sub(*last) >= LOGIN_AUDIT_PERIOD.as_micros() as i64;
-                if due {
-                    *last = now;
-                }
-                due
-            })
-            .unwrap_or(true);
+        let period_us = LOGIN_AUDIT_PERIOD.as_micros() as i64;
+        let due =
+            self.logins_audited_us.lock().map(|m| m.get(&key).is_none_or(|last| now.saturating_sub(*last) >= period_us)).unwrap_or(true);
         if due {
             self.audit(AuditRecord {
                 actor: principal.name.clone(),
                 action: "login".into(),
-                detail: serde_json::json!({ "token_id": id, "peer": peer }),
+                detail: serde_json::json!({ "token_id": id, "peer": peer.map(|a| a.to_string()).unwrap_or_default() }),
                 ..AuditRecord::default()
             })?;
+            // Remembered only once the entry is durable: a failed append audits the next call.
+            if let Ok(mut m) = self.logins_audited_us.lock() {
+                if m.len() >= LOGINS_REMEMBERED_MAX {
+                    m.retain(|_, last| now.saturating_sub(*last) < period_us);
+                    if m.len() >= LOGINS_REMEMBERED_MAX {
+                        m.clear();
+                    }
+                }
+                m.insert(key, now);
+            }
         }
         Ok(principal)
     }
@@ -559,7 +564,7 @@ impl proto::catalog_server::Catalog for Api {
         let last = segs.iter().map(|s| s.last_ts_us).max().unwrap_or(0);
         let (bytes, span): (u64, i64) = segs
             .iter()
-            .filter_map(|s| s.sealed.map(|i| (i.payload_bytes, i.last_ts_us - i.first_ts_us)))
+            .filter_map(|s| s.sealed.map(|i| (i.payload_bytes, i.last_ts_us.saturating_sub(i.first_ts_us))))
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
         let rec = self.0.store.recordings(&id, now - day, now).map_err(status)?;
         let offline_since = if last == 0 || now - last > 60_000_000 { last } else { 0 };
@@ -639,7 +644,7 @@ fn read_pass(
         }
     }
     if at.last_ts != i64::MIN {
-        at.from_us = at.last_ts + 1;
+        at.from_us = at.last_ts.saturating_add(1);
     }
     (!tx.is_closed()).then_some(at)
 }
@@ -824,11 +829,15 @@ fn export(
         if pending.is_empty() {
             return Ok(());
         }
-        let to90k = |us: i64| ((us - first_dts) as i128 * 9 / 100) as i64;
+        let to90k = |us: i64| (i128::from(us.saturating_sub(first_dts)) * 9 / 100) as i64;
         // Reorder delay (B-frames): fixed from the first fragment so presentation never precedes
         // decoding; the manifest's times stay those of the store.
         if reorder_90k.is_none() {
-            let k = pending.iter().filter_map(|(ts, pts, _, _)| Some(to90k(*ts) - (pts.as_ref()? - first_pts?))).max().unwrap_or(0);
+            let k = pending
+                .iter()
+                .filter_map(|(ts, pts, _, _)| Some(to90k(*ts).saturating_sub(pts.as_ref()?.saturating_sub(first_pts?))))
+                .max()
+                .unwrap_or(0);
             reorder_90k = Some(k.max(0));
         }
         let k = reorder_90k.unwrap_or(0);
@@ -840,10 +849,10 @@ fn export(
             let (ts, pts, key, ref payload) = pending[i];
             let dts = to90k(ts);
             let next = pending.get(i + 1).map(|x| to90k(x.0)).or(next_dts_us.map(to90k));
-            let duration = next.map_or(last_duration, |n| (n - dts).clamp(1, u32::MAX as i64) as u32);
+            let duration = next.map_or(last_duration, |n| n.saturating_sub(dts).clamp(1, u32::MAX as i64) as u32);
             last_duration = duration;
             let cto = match (pts, first_pts) {
-                (Some(pt), Some(fp)) => (pt - fp - dts + k).clamp(0, i32::MAX as i64) as i32,
+                (Some(pt), Some(fp)) => pt.saturating_sub(fp).saturating_sub(dts).saturating_add(k).clamp(0, i32::MAX as i64) as i32,
                 _ => 0,
             };
             let before = data.len();
@@ -902,7 +911,7 @@ fn export(
         "from_us": r.from_us,
         "to_us": r.to_us,
         "starts_at_keyframe_us": start_key_us,
-        "from_offset_us": start_key_us.map(|k| r.from_us - k),
+        "from_offset_us": start_key_us.map(|k| r.from_us.saturating_sub(k)),
         "frames": frames,
         "exported_by": p.name,
         "requester": access.requester,

@@ -715,3 +715,141 @@ fn serve_keeps_its_keks_on_the_pkcs11_token_the_config_names() {
     let listed = ok(client(dir.path(), &s, s.admin.as_deref().unwrap_or_default(), &["camera", "list"]));
     assert!(listed.is_empty(), "{listed}");
 }
+
+/// Through the real server with its KEKs on a SoftHSM2 token: a store written 40 days ago
+/// (under the token, by the library with a simulated clock) is served; new video is ingested;
+/// a sweep crypto-erases the expired video, which rotates the key store onto a new KEK on the
+/// token and destroys the old one there; after a restart, the new video exports and plays.
+#[test]
+fn serve_ingest_sweep_restart_and_export_with_keks_in_the_hsm() {
+    use std::sync::Arc;
+    use storage_core::keys::{KekProvider, Pkcs11KekProvider};
+    const DAY_US: i64 = 86_400_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (module, conf) = softhsm_token(dir.path());
+    let data = dir.path().join("data");
+    // This test binary's only in-process PKCS#11 user: the module reads its configuration
+    // from the environment when loaded.
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    let token = || Pkcs11KekProvider::open(&module, "camvault-cli", "1234", "camvault-kek-").expect("open the token");
+    let now_us = camvault_server::now_us();
+    let (old_kek, store_id) = {
+        let hsm = Arc::new(token());
+        let env = storage_core::Env {
+            vfs: Arc::new(storage_core::io::StdVfs),
+            clock: Arc::new(storage_core::SimClock::new(now_us - 40 * DAY_US)),
+            kek: Some(hsm.clone()),
+        };
+        let store = storage_core::Store::open_with(storage_core::StoreConfig::new(&data), env).expect("a store on the token");
+        let mut s = store.open_stream("cam-old", storage_core::Codec::H264, b"\0\0\0\x01\x67\x42").expect("stream");
+        for n in 0..50 {
+            let ts_us = now_us - 40 * DAY_US + n * 40_000;
+            s.append(storage_core::FrameIn { ts_us, pts_90k: None, key: n % 25 == 0, payload: b"\0\0\0\x01\x65old" }).expect("append");
+        }
+        s.close().expect("seal");
+        let keks = hsm.list_keks().expect("list KEKs");
+        assert_eq!(keks.len(), 1, "one KEK wraps the key store: {keks:?}");
+        (keks[0], store.id())
+    };
+    let config = dir.path().join("camvault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nmetrics_listen = \"\"\n[kek]\nprovider = \"pkcs11\"\nmodule = {:?}\ntoken_label = \"camvault-cli\"\npin_env = \"HSM_PIN\"\n",
+            data.to_str().expect("utf8"),
+            module.to_str().expect("utf8")
+        ),
+    )
+    .expect("config");
+    let start = || {
+        let port = free_port();
+        serve(
+            dir.path(),
+            port,
+            &["--config", config.to_str().expect("utf8"), "--listen", &format!("127.0.0.1:{port}")],
+            &[("SOFTHSM2_CONF", conf.to_str().expect("utf8")), ("HSM_PIN", "1234")],
+        )
+    };
+    let s = start();
+    let admin = s.admin.clone().expect("the server's state is new: it prints its first admin token");
+    let clip = dir.path().join("clip.mp4");
+    let ff = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-t", "2", "-pix_fmt", "yuv420p"])
+        .args(["-c:v", "libx264", "-g", "25", clip.to_str().expect("utf8")])
+        .output()
+        .expect("ffmpeg is installed (apt-get install ffmpeg; .ci/run does)");
+    assert!(ff.status.success(), "ffmpeg: {}", text(&ff.stderr));
+    ok(client(dir.path(), &s, &admin, &["camera", "put", "--id", "cam-new", "--unit", "unit-1"]));
+    ok(client(dir.path(), &s, &admin, &["camera", "put", "--id", "cam-old", "--unit", "unit-1"]));
+    let t0 = "2026-01-01T00:00:00Z";
+    let from = (now_us - 60_000_000) / 1_000_000;
+    let start_at = jiff::Timestamp::from_second(from).expect("time").to_string();
+    let new_token = |args: &[&str]| {
+        let made = ok(client(dir.path(), &s, &admin, &[&["token", "create", "--unit", "unit-1"][..], args].concat()));
+        made.split_whitespace().find(|w| w.starts_with("cvt_")).expect("the new token").to_string()
+    };
+    let edge = new_token(&["--name", "edge", "--roles", "ingest", "--cameras", "cam-new"]);
+    let operator = new_token(&["--name", "op", "--roles", "operator"]);
+    ok(client(dir.path(), &s, &edge, &["ingest", clip.to_str().expect("utf8"), "--camera", "cam-new", "--fast", "--start", &start_at]));
+    // The sweep erases the 40-day-old segment: its key leaves the key store, which is
+    // rewritten under a new KEK created on the token, and the old KEK is destroyed there.
+    let swept = ok(client(dir.path(), &s, &admin, &["retention", "sweep"]));
+    assert!(swept.contains("erased 1"), "{swept}");
+    let old = ok(client(dir.path(), &s, &operator, &["recordings", "--camera", "cam-old", "--from", t0, "--to", "now"]));
+    assert!(!old.contains("frames"), "the expired video is gone: {old}");
+    drop(s);
+    let hsm = token();
+    hsm.bind_store(store_id).expect("the store's KEKs on the token");
+    let keks = hsm.list_keks().expect("list KEKs");
+    assert_eq!(keks.len(), 1, "the new KEK alone: {keks:?}");
+    assert_ne!(keks[0], old_kek, "the KEK of the erased segment's key store is destroyed on the token");
+    assert!(!data.join("kek").exists(), "no KEK file: the token holds them");
+    drop(hsm);
+    // Restarted, the server unwraps the new key store under the token's KEK and exports.
+    let s = start();
+    assert!(s.admin.is_none(), "the same server state");
+    let out = dir.path().join("export.mp4");
+    ok(client(
+        dir.path(),
+        &s,
+        &operator,
+        &[
+            "export",
+            "--camera",
+            "cam-new",
+            "--from",
+            &start_at,
+            "--to",
+            "now",
+            "--out",
+            out.to_str().expect("utf8"),
+            "--purpose",
+            "hsm test",
+        ],
+    ));
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(&out)
+        .output()
+        .expect("ffprobe");
+    assert_eq!(text(&probe.stdout).trim(), "50", "every ingested frame plays: {}", text(&probe.stderr));
+}
+
+/// Finding 9 of the operator issue: a login is audited once per token and address in an
+/// hour, however many TCP connections the token opens (each `camvault` run is one).
+#[test]
+fn a_login_is_audited_once_per_token_and_period_not_per_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (s, admin) = fresh_server(dir.path());
+    let made = ok(client(dir.path(), &s, &admin, &["token", "create", "--name", "viewer-1", "--unit", "unit-1", "--roles", "operator"]));
+    let viewer = made.split_whitespace().find(|w| w.starts_with("cvt_")).expect("the new token").to_string();
+    for _ in 0..5 {
+        ok(client(dir.path(), &s, &viewer, &["camera", "list"]));
+    }
+    let made = ok(client(dir.path(), &s, &admin, &["token", "create", "--name", "auditor-1", "--unit", "unit-1", "--roles", "auditor"]));
+    let auditor = made.split_whitespace().find(|w| w.starts_with("cvt_")).expect("the new token").to_string();
+    let logins = ok(client(dir.path(), &s, &auditor, &["audit", "query", "--action", "login", "--actor", "viewer-1"]));
+    assert_eq!(logins.lines().count(), 1, "five connections, one login entry: {logins}");
+    let entry: serde_json::Value = serde_json::from_str(logins.trim()).expect("a JSON entry");
+    assert!(entry["detail"]["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")), "the entry names the peer: {entry}");
+}

@@ -629,8 +629,10 @@ fn health_and_reflection_v1_and_v1alpha_list_the_services() {
     });
 }
 
+/// Finding 9 of the operator issue: a live follow is woken by frames becoming durable (no
+/// sleeping poll loop), and the codec configuration is sent once per change, not per wake-up.
 #[test]
-fn live_follow_streams_frames_as_they_become_durable() {
+fn live_follow_is_woken_by_durable_frames_and_sends_the_config_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = server(dir.path());
     ok(&s, &s.admin, &["camera", "put", "--id", "cam-live", "--unit", "unit-1"]);
@@ -647,11 +649,35 @@ fn live_follow_streams_frames_as_they_become_durable() {
         .stderr(Stdio::null())
         .spawn()
         .expect("follower");
-    std::thread::sleep(Duration::from_secs(1));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let mut wait_for_frames = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lines.iter().filter(|l: &&String| l.contains("key=")).count() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => lines.push(l),
+                Err(_) => panic!("the follower saw fewer than {n} frames: {lines:?}"),
+            }
+        }
+        lines.clone()
+    };
+    wait_for_frames(50);
+    // The follower has caught up and waits: the next clip's frames reach it as they become
+    // durable.
     ok(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", "cam-live", "--fast", "--start", "2026-11-23T10:00:30Z"]);
-    std::thread::sleep(Duration::from_secs(2));
+    let seen = wait_for_frames(100);
     let _ = follower.kill();
-    let out = follower.wait_with_output().expect("follower output");
-    let lines = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("key=")).count();
-    assert_eq!(lines, 100, "the follower saw the stored clip and then the live one");
+    let _ = follower.wait();
+    assert_eq!(seen.iter().filter(|l| l.contains("key=")).count(), 100, "the stored clip and then the live one: {seen:?}");
+    // Two streams with the same parameter sets: the configuration went out with the first
+    // frame and again only where a new segment's run began, never once per wake-up.
+    let configs = seen.iter().filter(|l| l.starts_with("codec config")).count();
+    assert!((1..=2).contains(&configs), "{configs} codec configurations for 2 streams: {seen:?}");
 }

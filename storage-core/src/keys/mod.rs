@@ -13,6 +13,7 @@ pub use data_key::DataKey;
 pub(crate) use data_key::{random_bytes, SegmentCipher};
 pub use file_kek::FileKekProvider;
 pub use key_store::{inspect, KeyStore, Rotation};
+pub(crate) use key_store::{HEADER_LEN as KEY_STORE_HEADER_LEN, RECORD_LEN as KEY_STORE_RECORD_LEN};
 #[cfg(feature = "pkcs11")]
 pub use pkcs11::Pkcs11KekProvider;
 

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 
+pub(crate) use erase::DECOMMISSION_MARKER;
 pub use erase::{EraseCertificate, SweepReport};
 pub use read::{CodecConfig, Frame, FrameReader, ReadItem};
 pub use stream::{FrameIn, StreamWriter};
@@ -385,7 +386,7 @@ impl Store {
                 continue;
             }
             match spans.last_mut() {
-                Some(last) if s.first_ts_us - last.end_us <= self.inner.config.gap_us => last.end_us = b,
+                Some(last) if s.first_ts_us.saturating_sub(last.end_us) <= self.inner.config.gap_us => last.end_us = b,
                 _ => spans.push(Span { start_us: a, end_us: b }),
             }
         }
@@ -397,7 +398,7 @@ impl Store {
             }
             cursor = s.end_us;
         }
-        if cursor < to_us.saturating_sub(1) && (spans.is_empty() || to_us - cursor > self.inner.config.gap_us) {
+        if cursor < to_us.saturating_sub(1) && (spans.is_empty() || to_us.saturating_sub(cursor) > self.inner.config.gap_us) {
             gaps.push(Span { start_us: cursor, end_us: to_us });
         }
         Ok(Recordings { spans, gaps })

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use crate::catalog::{CatalogEntry, CatalogRecord, SealedInfo};
 use crate::io::{read_exact_at, read_up_to};
 use crate::segment::format::{
-    footer_record, Codec, Footer, KeyframeEntry, RecordKind, SegmentHeader, HEADER_LEN, KEYFRAMES_PER_SEGMENT_MAX, RECORD_HEADER_LEN,
-    TAG_LEN,
+    footer_record, Codec, Footer, KeyframeEntry, RecordKind, SegmentHeader, HEADER_LEN, KEYFRAMES_PER_SEGMENT_MAX, RECORDS_PER_SEGMENT_MAX,
+    RECORD_HEADER_LEN, TAG_LEN,
 };
 use crate::segment::reader::{read_footer, RecordCursor, Stop};
 use crate::segment::writer::{kfi_file_name, segment_file_name, KfiEntry, KFI_ENTRY_LEN};
@@ -261,8 +261,20 @@ fn read_sidecar(inner: &Inner, kfi_path: &std::path::Path, seg_len: u64) -> Vec<
         let Some(e) = KfiEntry::decode(chunk) else {
             break;
         };
-        let ascending = out.last().is_none_or(|p| e.key.offset > p.key.offset && e.ordinal > p.ordinal && e.key.ts_us > p.key.ts_us);
-        if !ascending || e.key.offset < HEADER_LEN as u64 || e.key.offset + RECORD_HEADER_LEN as u64 > seg_len {
+        let ascending = out.last().is_none_or(|p| {
+            e.key.offset > p.key.offset && e.ordinal > p.ordinal && e.key.ts_us > p.key.ts_us && e.frames_before > p.frames_before
+        });
+        // What the entry says must be possible in a file of `seg_len` bytes: every record
+        // before the key frame is a frame at most and holds at most its own bytes. A sidecar
+        // that says otherwise is not trusted (the scan starts earlier instead).
+        let possible = e.key.offset >= HEADER_LEN as u64
+            && e.key.offset.checked_add(RECORD_HEADER_LEN as u64).is_some_and(|end| end <= seg_len)
+            && e.key.config_offset >= HEADER_LEN as u64
+            && e.key.config_offset < e.key.offset
+            && e.ordinal < RECORDS_PER_SEGMENT_MAX
+            && e.frames_before <= e.ordinal
+            && e.payload_bytes_before <= e.key.offset;
+        if !ascending || !possible {
             break;
         }
         out.push(e);

@@ -188,8 +188,8 @@ impl StreamShared {
 fn rolls(st: &StreamState, cfg: &StoreConfig, ts_us: i64, key: bool, payload_bytes: usize) -> bool {
     st.seg.as_ref().is_some_and(|s| {
         let first = s.first_ts.unwrap_or(ts_us);
-        let gap = s.last_ts.is_some_and(|l| ts_us - l > cfg.gap_us);
-        let long = key && ts_us - first >= cfg.segment_duration_us;
+        let gap = s.last_ts.is_some_and(|l| ts_us.saturating_sub(l) > cfg.gap_us);
+        let long = key && ts_us.saturating_sub(first) >= cfg.segment_duration_us;
         let big = s.frames > 0 && s.len() + payload_bytes as u64 + 64 > cfg.segment_bytes_max;
         gap || long || big || s.is_full()
     })
