@@ -10,12 +10,17 @@ use std::sync::Arc;
 use camvault_tests::{payload, test_config, FRAME_US, T0_US};
 use storage_core::io::MemVfs;
 use storage_core::keys::{inspect, DataKey, FileKekProvider, KekProvider};
-use storage_core::{Clock, Codec, Env, FrameIn, SegmentId, SimClock, Store};
+use storage_core::{Clock, Codec, Env, FrameIn, SegmentId, SimClock, Store, StreamKind};
 
 const DAY_US: i64 = 86_400_000_000;
 
-fn record(store: &Store, camera: &str, t0: i64) {
-    let mut s = store.open_stream(camera, Codec::H265, b"vps-sps-pps").expect("stream");
+fn record(store: &Store, clock: &SimClock, camera: &str, t0: i64) {
+    // Recorded at `t0`: the clock moves up to it (never back), so the video arrives when it is
+    // captured, or later, as a backfill of footage recorded earlier.
+    if clock.now_us() < t0 {
+        clock.set_us(t0);
+    }
+    let mut s = store.open_stream_as(camera, Codec::H265, b"vps-sps-pps", StreamKind::Backfill).expect("stream");
     for n in 0..150u64 {
         let key = n.is_multiple_of(25);
         s.append(FrameIn { ts_us: t0 + n as i64 * FRAME_US, pts_90k: None, key, payload: &payload(camera, n, key) }).expect("append");
@@ -34,9 +39,9 @@ fn erased_segments_stay_unreadable_with_every_key_ever_written() {
     let c: Arc<dyn Clock> = clock.clone();
     let store = Store::open_with(test_config(), Env { vfs: Arc::new(disk.clone()), clock: c, kek: Some(provider.clone()) }).expect("open");
     for cam in ["cam-1", "cam-2", "cam-3"] {
-        record(&store, cam, T0_US);
+        record(&store, &clock, cam, T0_US);
     }
-    record(&store, "cam-1", T0_US + 20 * DAY_US);
+    record(&store, &clock, "cam-1", T0_US + 20 * DAY_US);
     // A hold keeps cam-3's old video.
     store
         .place_hold(storage_core::retention::HoldRequest {
@@ -51,7 +56,7 @@ fn erased_segments_stay_unreadable_with_every_key_ever_written() {
     clock.set_us(T0_US + 35 * DAY_US);
     let first = store.sweep().expect("sweep");
     // A later sweep and more writes: several rotations and generations in the history.
-    record(&store, "cam-2", T0_US + 36 * DAY_US);
+    record(&store, &clock, "cam-2", T0_US + 36 * DAY_US);
     clock.set_us(T0_US + 60 * DAY_US);
     let second = store.sweep().expect("sweep");
     let erased: BTreeSet<u64> =

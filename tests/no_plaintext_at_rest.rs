@@ -23,7 +23,10 @@ fn write_marked(store: &Store) -> Vec<(String, storage_core::SegmentId)> {
     }
     let mut ids = Vec::new();
     for cam in ["cam-x", "cam-y"] {
-        let mut s = store.open_stream(cam, Codec::H265, &[MARKER, b"-vps-sps-pps"].concat()).expect("stream");
+        // A backfill: on the real file system the store's clock is the system's, not T0.
+        let mut s = store
+            .open_stream_as(cam, Codec::H265, &[MARKER, b"-vps-sps-pps"].concat(), storage_core::StreamKind::Backfill)
+            .expect("stream");
         for n in 0..120i64 {
             s.append(FrameIn { ts_us: T0_US + n * FRAME_US, pts_90k: Some(n * 3600), key: n % 25 == 0, payload: &payload })
                 .expect("append");

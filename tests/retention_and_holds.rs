@@ -6,7 +6,7 @@ use std::sync::Arc;
 use camvault_tests::{all_frames, payload, test_config, FRAME_US, T0_US};
 use storage_core::io::{CrashMode, FaultKind, FaultyVfs, MemVfs, Vfs};
 use storage_core::retention::HoldRequest;
-use storage_core::{Clock, Codec, Env, Error, FrameIn, SimClock, Store, StoreConfig};
+use storage_core::{Clock, Codec, Env, Error, FrameIn, SimClock, Store, StoreConfig, StreamKind};
 
 const DAY_US: i64 = 86_400_000_000;
 
@@ -20,8 +20,13 @@ fn open_cfg(vfs: Arc<dyn Vfs>, clock: &Arc<SimClock>, cfg: StoreConfig) -> stora
 }
 
 /// Ten seconds of video for `camera` starting at `t0` (a few 2 s segments).
-fn record(store: &Store, camera: &str, t0: i64) {
-    let mut s = store.open_stream(camera, Codec::H264, b"cfg").expect("stream");
+fn record(store: &Store, clock: &SimClock, camera: &str, t0: i64) {
+    // Recorded at `t0`: the clock moves up to it (never back), so the video arrives when it is
+    // captured, or later, as a backfill of footage recorded earlier.
+    if clock.now_us() < t0 {
+        clock.set_us(t0);
+    }
+    let mut s = store.open_stream_as(camera, Codec::H264, b"cfg", StreamKind::Backfill).expect("stream");
     for n in 0..250u64 {
         let key = n.is_multiple_of(25);
         s.append(FrameIn { ts_us: t0 + n as i64 * FRAME_US, pts_90k: None, key, payload: &payload(camera, n, key) }).expect("append");
@@ -38,10 +43,10 @@ fn nothing_younger_than_the_floor_is_erased_and_everything_expired_is() {
     let vfs = MemVfs::new();
     let clock = Arc::new(SimClock::new(T0_US));
     let store = open(Arc::new(vfs.clone()), &clock);
-    record(&store, "cam-old", T0_US);
-    record(&store, "cam-new", T0_US + 20 * DAY_US);
+    record(&store, &clock, "cam-old", T0_US);
+    record(&store, &clock, "cam-new", T0_US + 20 * DAY_US);
     store.set_retention("cam-long", 90, "admin", "evidence-heavy site").expect("longer is allowed");
-    record(&store, "cam-long", T0_US);
+    record(&store, &clock, "cam-long", T0_US);
     // 29 days later: everything is inside the floor.
     clock.set_us(T0_US + 29 * DAY_US);
     assert_eq!(store.sweep().expect("sweep").erased(), 0);
@@ -81,7 +86,7 @@ fn the_floor_cannot_be_configured_or_set_away() {
     assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
     assert_eq!(store.retention_days("cam-1").expect("days"), 30);
     // Explicit erasure of unexpired video is refused.
-    record(&store, "cam-1", T0_US);
+    record(&store, &clock, "cam-1", T0_US);
     let ids: Vec<_> = store.segments("cam-1", i64::MIN + 1, i64::MAX).expect("segments").iter().map(|s| s.id).collect();
     let err = store.erase_segments(&ids, "admin", "make room").expect_err("unexpired");
     assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
@@ -98,8 +103,8 @@ fn holds_pin_video_until_released() {
     let vfs = MemVfs::new();
     let clock = Arc::new(SimClock::new(T0_US));
     let store = open(Arc::new(vfs.clone()), &clock);
-    record(&store, "cam-a", T0_US);
-    record(&store, "cam-b", T0_US);
+    record(&store, &clock, "cam-a", T0_US);
+    record(&store, &clock, "cam-b", T0_US);
     // Two overlapping holds on cam-a's first seconds; nothing on cam-b.
     let h1 = store
         .place_hold(HoldRequest {
@@ -157,8 +162,8 @@ fn a_hold_placed_after_part_was_erased_says_what_it_protects() {
     let vfs = MemVfs::new();
     let clock = Arc::new(SimClock::new(T0_US));
     let store = open(Arc::new(vfs.clone()), &clock);
-    record(&store, "cam-h", T0_US);
-    record(&store, "cam-h", T0_US + 10 * DAY_US);
+    record(&store, &clock, "cam-h", T0_US);
+    record(&store, &clock, "cam-h", T0_US + 10 * DAY_US);
     clock.set_us(T0_US + 35 * DAY_US);
     store.sweep().expect("sweep");
     let hold = store
@@ -185,7 +190,7 @@ fn a_hold_placed_during_a_sweep_is_honoured() {
     let clock = Arc::new(SimClock::new(T0_US));
     let store = Arc::new(open(Arc::new(vfs.clone()), &clock));
     for c in 0..20 {
-        record(&store, &format!("cam-{c:02}"), T0_US);
+        record(&store, &clock, &format!("cam-{c:02}"), T0_US);
     }
     clock.set_us(T0_US + 60 * DAY_US);
     let sweeper = {
@@ -224,8 +229,8 @@ fn a_sweep_interrupted_by_a_crash_completes_on_restart() {
         let clock = Arc::new(SimClock::new(T0_US));
         {
             let store = open(Arc::new(mem.clone()), &clock);
-            record(&store, "cam-x", T0_US);
-            record(&store, "cam-y", T0_US + 40 * DAY_US);
+            record(&store, &clock, "cam-x", T0_US);
+            record(&store, &clock, "cam-y", T0_US + 40 * DAY_US);
         }
         clock.set_us(T0_US + 41 * DAY_US);
         let faulty = FaultyVfs::new(Arc::new(mem.clone()));
@@ -259,7 +264,7 @@ fn decommission_destroys_every_key_and_signs_a_certificate() {
     let vfs = MemVfs::new();
     let clock = Arc::new(SimClock::new(T0_US));
     let store = open(Arc::new(vfs.clone()), &clock);
-    record(&store, "cam-d", T0_US);
+    record(&store, &clock, "cam-d", T0_US);
     let err = store.decommission("admin", "retire disk").expect_err("unexpired");
     assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
     clock.set_us(T0_US + 31 * DAY_US);
@@ -287,7 +292,7 @@ fn decommission_survives_a_restart() {
     let vfs = MemVfs::new();
     let clock = Arc::new(SimClock::new(T0_US));
     let store = open(Arc::new(vfs.clone()), &clock);
-    record(&store, "cam-d", T0_US);
+    record(&store, &clock, "cam-d", T0_US);
     clock.set_us(T0_US + 31 * DAY_US);
     let cert = store.decommission("admin", "retire disk").expect("decommission");
     drop(store);
@@ -322,7 +327,7 @@ fn a_decommission_interrupted_by_a_crash_finishes_at_the_next_open() {
         let mem = MemVfs::new();
         let clock = Arc::new(SimClock::new(T0_US));
         let store = open(Arc::new(mem.clone()), &clock);
-        record(&store, "cam-d", T0_US);
+        record(&store, &clock, "cam-d", T0_US);
         clock.set_us(T0_US + 31 * DAY_US);
         drop(store);
         let faulty = FaultyVfs::new(Arc::new(mem.clone()));

@@ -179,14 +179,15 @@ fn codec_config_changes_come_back_in_order() {
 fn late_stream_fills_the_past_while_live_continues() {
     let vfs = MemVfs::new();
     let store = open_mem(&vfs, test_config()).expect("open");
-    // Live from T0 + 1 h; the edge site catches up on [T0, T0 + 10 s).
-    let live_t0 = T0_US + 3_600_000_000;
+    // Live from now (T0); the edge site catches up on the hour before, as a backfill.
+    let live_t0 = T0_US;
+    let late_t0 = T0_US - 3_600_000_000;
     let mut live = store.open_stream("cam-edge", Codec::H264, b"c").expect("live");
-    let mut late = store.open_stream("cam-edge", Codec::H264, b"c").expect("late");
+    let mut late = store.open_stream_as("cam-edge", Codec::H264, b"c", storage_core::StreamKind::Backfill).expect("late");
     for n in 0..250u64 {
         let key = n % 25 == 0;
         live.append(FrameIn { ts_us: live_t0 + n as i64 * FRAME_US, pts_90k: None, key, payload: &payload("live", n, key) }).expect("live");
-        late.append(FrameIn { ts_us: T0_US + n as i64 * FRAME_US, pts_90k: None, key, payload: &payload("late", n, key) }).expect("late");
+        late.append(FrameIn { ts_us: late_t0 + n as i64 * FRAME_US, pts_90k: None, key, payload: &payload("late", n, key) }).expect("late");
     }
     // The catch-up stream may not run into the live stream's video.
     let err = late.append(FrameIn { ts_us: live_t0 + 5 * FRAME_US, pts_90k: None, key: true, payload: b"x" }).expect_err("overlap");
@@ -206,7 +207,8 @@ fn real_file_system_round_trip_with_group_commit() {
     let mut cfg = StoreConfig::new(dir.path().join("data"));
     cfg.flush = storage_core::FlushPolicy::Interval(std::time::Duration::from_millis(20));
     let store = Store::open(cfg.clone()).expect("open");
-    let mut s = store.open_stream("cam-real", Codec::H264, b"cfg").expect("stream");
+    // Footage from the start of 2026 on the system clock: a backfill.
+    let mut s = store.open_stream_as("cam-real", Codec::H264, b"cfg", storage_core::StreamKind::Backfill).expect("stream");
     let mut last = 0;
     for n in 0..100u64 {
         let key = n % 25 == 0;

@@ -16,7 +16,9 @@ const T0: i64 = 1_767_225_600_000_000;
 fn mem_store(vfs: &MemVfs) -> Store {
     let mut cfg = StoreConfig::new("/data");
     cfg.flush = FlushPolicy::OsWriteBack;
-    Store::open_with(cfg, Env { vfs: Arc::new(vfs.clone()), clock: Arc::new(SimClock::new(T0)), kek: None }).expect("open")
+    // The streams are backfills of synthetic footage from T0: the store's clock is years later.
+    Store::open_with(cfg, Env { vfs: Arc::new(vfs.clone()), clock: Arc::new(SimClock::new(T0 + 10 * 365 * 86_400_000_000)), kek: None })
+        .expect("open")
 }
 
 fn append(c: &mut Criterion) {
@@ -45,13 +47,21 @@ fn append(c: &mut Criterion) {
                 }
             })
         });
+        // The server's check at the door (an Annex B access unit of the codec, DESIGN.md "The
+        // publisher's contract"), beside the append it guards: a frame starting with its slice,
+        // as most do; it stops at the first slice NAL, so its cost does not grow with the size.
+        let mut framed = vec![0, 0, 0, 1, 0x65];
+        framed.extend_from_slice(&payload);
+        g.bench_with_input(BenchmarkId::new("door_check", size), &framed, |b, p| {
+            b.iter(|| camvault_server::h26x::check_access_unit(Codec::H264, std::hint::black_box(p)).expect("an access unit"))
+        });
         g.bench_with_input(BenchmarkId::new("engine_append", size), &payload, |b, p| {
             // The real file system (page cache): an in-memory one would measure its own copies.
             let dir = tempfile::tempdir().expect("tempdir");
             let mut cfg = StoreConfig::new(dir.path());
             cfg.flush = FlushPolicy::OsWriteBack;
             let store = Store::open(cfg).expect("open");
-            let mut s = store.open_stream("cam", Codec::H264, b"cfg").expect("stream");
+            let mut s = store.open_stream_as("cam", Codec::H264, b"cfg", storage_core::StreamKind::Backfill).expect("stream");
             let mut n = 0i64;
             b.iter(|| {
                 n += 1;
@@ -70,7 +80,7 @@ fn seal(c: &mut Criterion) {
         let mut t = T0;
         b.iter_batched(
             || {
-                let mut s = store.open_stream("cam", Codec::H264, b"cfg").expect("stream");
+                let mut s = store.open_stream_as("cam", Codec::H264, b"cfg", storage_core::StreamKind::Backfill).expect("stream");
                 for n in 0..25 {
                     t += 40_000;
                     s.append(FrameIn { ts_us: t, pts_90k: None, key: n == 0, payload: &payload }).expect("append");

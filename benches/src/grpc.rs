@@ -181,7 +181,8 @@ async fn publish(
 ) -> Result<u64, String> {
     use proto::publish_request::Msg;
     use tokio_stream::StreamExt;
-    let open = proto::OpenStream { camera, codec: Some(proto::CodecConfig { codec: proto::Codec::H264 as i32, config }) };
+    // Recorded footage replayed as fast as it goes: a backfill.
+    let open = proto::OpenStream { camera, codec: Some(proto::CodecConfig { codec: proto::Codec::H264 as i32, config }), backfill: true };
     let request = |m| proto::PublishRequest { msg: Some(m) };
     let mut frames =
         frames.map(move |(ts_us, pts_90k, key, payload)| request(Msg::Frame(proto::Frame { ts_us, pts_90k: Some(pts_90k), key, payload })));

@@ -163,7 +163,8 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Capture time of every stream's first frame (2026-01-01T00:00:00Z), microseconds.
+/// Capture time of every stream's first frame (2026-01-01T00:00:00Z), microseconds: the
+/// benchmarks write synthetic footage of the past, as backfills.
 pub const T0_US: i64 = 1_767_225_600_000_000;
 
 /// A scenario: `streams` streams of `profile` for `seconds` of video each, written as fast as
@@ -556,7 +557,9 @@ pub fn run_engine(dir: &Path, sc: &Scenario, payload: &[u8]) -> storage_core::Re
     let store = Store::open(cfg)?;
     let t0 = T0_US;
     let streams: Vec<_> = (0..sc.streams)
-        .map(|i| store.open_stream(&format!("cam-{i:05}"), Codec::H264, b"sps-pps").map(|s| (s, 0u64)))
+        .map(|i| {
+            store.open_stream_as(&format!("cam-{i:05}"), Codec::H264, b"sps-pps", storage_core::StreamKind::Backfill).map(|s| (s, 0u64))
+        })
         .collect::<Result<_, _>>()?;
     let errors = AtomicBool::new(false);
     let frame_us = sc.profile.frame_us();
@@ -757,7 +760,7 @@ pub fn run_recovery(dir: &Path, streams: usize, seconds: u32, payload: &[u8]) ->
         let store = Store::open(cfg.clone())?;
         let mut ws = Vec::with_capacity(streams);
         for i in 0..streams {
-            ws.push(store.open_stream(&format!("live-{i:05}"), Codec::H264, b"sps-pps")?);
+            ws.push(store.open_stream_as(&format!("live-{i:05}"), Codec::H264, b"sps-pps", storage_core::StreamKind::Backfill)?);
         }
         let t0: i64 = 1_767_225_600_000_000;
         for n in 0..u64::from(seconds) * u64::from(profile.fps) {

@@ -187,7 +187,7 @@ pub fn run_step(dir: &Path, profile: Profile, streams: usize, seconds: u32, flus
     cfg.sweep_interval = None;
     let store = Store::open(cfg).map_err(|e| e.to_string())?;
     let sinks = (0..streams)
-        .map(|i| store.open_stream(&format!("cam-{i:05}"), Codec::H264, b"sps-pps"))
+        .map(|i| store.open_stream_as(&format!("cam-{i:05}"), Codec::H264, b"sps-pps", storage_core::StreamKind::Backfill))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     paced(sinks, profile, seconds, flush, payload)

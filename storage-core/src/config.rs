@@ -58,7 +58,20 @@ pub struct StoreConfig {
     pub retention_days_default: u32,
     /// How often the background sweeper runs; `None` runs sweeps only on demand.
     pub sweep_interval: Option<Duration>,
+    /// Largest distance between a frame's capture time and the store's clock: no frame may be
+    /// stamped further ahead, and a live stream's frames no further behind (a backfill's may
+    /// be as old as [`CAPTURE_TIME_MIN_US`]). DESIGN.md "Capture time and arrival".
+    pub capture_skew_us: i64,
 }
+
+/// The earliest capture time the store takes, 2000-01-01T00:00:00Z: a camera stamping the
+/// epoch (no clock battery, no NTP yet) or a wrapped counter is refused, not stored as 1970.
+pub const CAPTURE_TIME_MIN_US: i64 = 946_684_800_000_000;
+/// Default [`StoreConfig::capture_skew_us`]: five minutes, many times an NTP-synced camera's
+/// drift and a live stream's buffering, far less than a clock reset.
+pub const CAPTURE_SKEW_US_DEFAULT: i64 = 300_000_000;
+/// Largest [`StoreConfig::capture_skew_us`]: a day.
+pub const CAPTURE_SKEW_US_MAX: i64 = 86_400_000_000;
 
 impl StoreConfig {
     /// Defaults under `root`: 15-minute segments capped at 1 GiB, a 1 s group commit, keys in
@@ -76,6 +89,7 @@ impl StoreConfig {
             flusher_threads: 4,
             retention_days_default: crate::retention::RETENTION_DAYS_MIN,
             sweep_interval: Some(Duration::from_secs(3600)),
+            capture_skew_us: CAPTURE_SKEW_US_DEFAULT,
         }
     }
 
@@ -92,6 +106,7 @@ impl StoreConfig {
         range("segment_bytes_max", self.segment_bytes_max.into(), SEGMENT_BYTES_MIN.into(), SEGMENT_BYTES_MAX.into())?;
         range("gap_us", self.gap_us.into(), 1, SEGMENT_DURATION_US_MAX.into())?;
         range("flusher_threads", self.flusher_threads as i128, 1, FLUSHER_THREADS_MAX as i128)?;
+        range("capture_skew_us", self.capture_skew_us.into(), 1_000_000, CAPTURE_SKEW_US_MAX.into())?;
         if let FlushPolicy::Interval(d) = self.flush {
             if d.is_zero() || d > Duration::from_secs(60) {
                 return Err(Error::InvalidArgument("flush interval must be within (0, 60 s]".into()));

@@ -30,6 +30,21 @@ pub enum Error {
         last_ts_us: i64,
     },
 
+    /// A frame's capture time is not one the store can trust (DESIGN.md "Capture time and
+    /// arrival"): before [`crate::CAPTURE_TIME_MIN_US`], after the store's clock plus the skew
+    /// bound, or, in a live stream, further before the store's clock than the skew bound.
+    #[error("camera {camera}: capture time {ts_us} us {reason}")]
+    CaptureTime {
+        /// Camera of the stream.
+        camera: String,
+        /// Timestamp of the rejected frame.
+        ts_us: i64,
+        /// The store's clock when it was refused.
+        store_now_us: i64,
+        /// Which bound it is outside, with the bound.
+        reason: String,
+    },
+
     /// A frame would overlap video already stored (or being written by another stream) for the
     /// camera.
     #[error("camera {camera}: frame at {ts_us} us overlaps stored video of segment {segment} ({first_ts_us}..={last_ts_us} us)")]

@@ -96,7 +96,7 @@ fn config() -> StoreConfig {
 }
 
 fn env(vfs: &MemVfs) -> Env {
-    Env { vfs: Arc::new(vfs.clone()), clock: Arc::new(SimClock::new(T0_US + 3_600_000_000)), kek: None }
+    Env { vfs: Arc::new(vfs.clone()), clock: Arc::new(SimClock::new(T0_US + 60_000_000)), kek: None }
 }
 
 /// A store with one sealed and one open segment (and its sidecar), a retention setting, a
@@ -177,6 +177,8 @@ pub fn seed(kind: StoreFile) -> Vec<u8> {
     if kind == StoreFile::DecommissionMarker {
         // A decommission is refused while video is unexpired or held: a year later, with the
         // hold released, as an operator would.
+        // Recovery seals the open segment first, at the image's own time.
+        drop(Store::open_with(config(), env(&vfs)));
         let later = Env { clock: Arc::new(SimClock::new(T0_US + 365 * 86_400_000_000)), ..env(&vfs) };
         if let Ok(store) = Store::open_with(config(), later) {
             let _ = store.release_hold(1, "admin", "fixture").and_then(|_| store.decommission("admin", "fixture"));

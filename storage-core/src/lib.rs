@@ -45,17 +45,17 @@ pub mod testing;
 pub use catalog::SealedInfo;
 pub use clock::{Clock, SimClock, SystemClock};
 pub use config::{
-    FlushPolicy, StoreConfig, FLUSHER_THREADS_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_DURATION_US_MAX, SEGMENT_DURATION_US_MIN,
-    STREAMS_MAX,
+    FlushPolicy, StoreConfig, CAPTURE_SKEW_US_DEFAULT, CAPTURE_SKEW_US_MAX, CAPTURE_TIME_MIN_US, FLUSHER_THREADS_MAX, SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN, SEGMENT_DURATION_US_MAX, SEGMENT_DURATION_US_MIN, STREAMS_MAX,
 };
 pub use error::{Error, Result};
 pub use identity::StoreId;
-pub use segment::format::CAMERA_ID_BYTES_MAX;
+pub use segment::format::{check_camera_id, CAMERA_ID_BYTES_MAX};
 pub use segment::writer::WRITE_BATCH_BYTES;
 pub use segment::{Codec, CODEC_CONFIG_BYTES_MAX, FRAME_BYTES_MAX};
 pub use store::{
     CodecConfig, CorruptionReport, Env, EraseCertificate, Frame, FrameIn, FrameReader, Metrics, ReadItem, Recordings, RoundPacer,
-    SegmentSummary, Span, Store, StreamWriter, SweepReport,
+    SegmentSummary, Span, Store, StreamKind, StreamWriter, SweepReport,
 };
 
 /// Identifies a segment; allocated in increasing order, never reused.

@@ -57,6 +57,7 @@ fn synthetic_catalog_from(
                 footer_offset: 450 << 20,
                 file_len: (450 << 20) + 32 + 32 + 24 * 900,
                 payload_bytes: 450 << 20,
+                sealed_us: first + segment_us,
             };
             batch.push(CatalogRecord::Sealed { segment: id, info });
             if batch.len() >= 100_000 {

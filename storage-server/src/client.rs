@@ -239,7 +239,8 @@ pub struct IngestArgs {
     /// Codec of an elementary stream [default: from the file name, else h264]
     #[arg(long, value_enum)]
     codec: Option<CodecArg>,
-    /// Capture time of the first frame [default: now]
+    /// Capture time of the first frame [default: now; with --fast, so that the file ends now].
+    /// With --fast or --start the file is sent as a backfill of footage recorded earlier
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     start: Option<TimeArg>,
     #[command(flatten)]
@@ -720,7 +721,6 @@ async fn ingest(a: IngestArgs) -> Result<(), String> {
         None => storage_core::Codec::H264,
     };
     let data = std::fs::read(&a.file).map_err(|e| format!("cannot read {file}: {e}"))?;
-    let start_us = a.start.unwrap_or(TimeArg::FromNow(0)).resolve(camvault_server::now_us());
     let (codec, config, frames): (storage_core::Codec, Vec<u8>, Vec<IngestFrame>) = if name.ends_with(".mp4") || name.ends_with(".mov") {
         let t = camvault_server::mp4_in::read(&data).map_err(|e| format!("{file}: {e}"))?;
         let ts = i64::from(t.timescale.max(1));
@@ -751,12 +751,23 @@ async fn ingest(a: IngestArgs) -> Result<(), String> {
         (codec, config, frames)
     };
     let total = frames.len() as u64;
+    // A file is footage recorded earlier: sent as fast as it goes, or from a given start, it
+    // is a backfill, and without --start it ends now. Paced from now, it is live.
+    let backfill = a.fast || a.start.is_some();
+    let now = camvault_server::now_us();
+    let span_us = frames.last().map_or(0, |f| f.0.saturating_add(40_000));
+    let start_us = match a.start {
+        Some(t) => t.resolve(now),
+        None if a.fast => now.saturating_sub(span_us),
+        None => now,
+    };
     let codec_p = if codec == storage_core::Codec::H265 { proto::Codec::H265 } else { proto::Codec::H264 } as i32;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tx.send(proto::PublishRequest {
         msg: Some(proto::publish_request::Msg::Open(proto::OpenStream {
             camera: a.camera,
             codec: Some(proto::CodecConfig { codec: codec_p, config }),
+            backfill,
         })),
     })
     .await
@@ -779,9 +790,22 @@ async fn ingest(a: IngestArgs) -> Result<(), String> {
     let mut acks = c.publish(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(st)?.into_inner();
     let started = Instant::now();
     let mut durable = 0;
-    while let Some(a) = acks.message().await.map_err(st)? {
-        durable = a.durable_seq;
-        progress("ingest", durable, total, started);
+    loop {
+        match acks.message().await {
+            Ok(Some(a)) => {
+                durable = a.durable_seq;
+                progress("ingest", durable, total, started);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!();
+                return Err(format!(
+                    "{} ({durable} of {total} frames are durable: the rest can be sent again from frame {})",
+                    st(e),
+                    durable + 1
+                ));
+            }
+        }
     }
     let _ = sender.await;
     eprintln!();

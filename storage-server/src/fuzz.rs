@@ -58,6 +58,7 @@ pub fn parameter_sets(data: &[u8]) {
     let Some((&c, rest)) = data.split_first() else { return };
     let codec = if c & 1 == 0 { Codec::H264 } else { Codec::H265 };
     let _ = h26x::sample_description(codec, rest);
+    let _ = h26x::check_access_unit(codec, rest);
     let (aus, config) = h26x::access_units(codec, rest);
     let _ = h26x::sample_description(codec, &config);
     let _ = h26x::presentation_order(codec, &config, &aus);

@@ -77,6 +77,46 @@ pub fn starts_picture(codec: Codec, nal: &[u8]) -> bool {
     }
 }
 
+/// Most NAL units looked at for a slice by [`check_access_unit`]: parameter sets, SEI and
+/// delimiters come first, a handful at most.
+const NALS_BEFORE_SLICE_MAX: usize = 64;
+
+/// Checks that `payload` is an access unit of `codec` in Annex B: it starts with a start code
+/// and holds a slice (VCL) NAL unit. Cheap: it stops at the first slice.
+pub fn check_access_unit(codec: Codec, payload: &[u8]) -> Result<(), String> {
+    let lead = payload.iter().take_while(|&&b| b == 0).count();
+    if lead < 2 || payload.get(lead) != Some(&1) {
+        let hint =
+            if payload.len() >= 4 && u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) as usize + 4 <= payload.len() {
+                " (it looks length-prefixed, as in MP4: replace each 4-byte length with a start code 00 00 00 01)"
+            } else {
+                ""
+            };
+        return Err(format!("the payload is not Annex B: it does not start with a start code{hint}"));
+    }
+    let mut starts = START_CODE.find_iter(payload).peekable();
+    for _ in 0..NALS_BEFORE_SLICE_MAX {
+        let Some(at) = starts.next() else { break };
+        let nal = &payload[at + 3..];
+        if nal.first().is_some_and(|&b| b & 0x80 == 0 && is_vcl(codec, nal_type(codec, nal))) && nal_header_valid(codec, nal) {
+            return Ok(());
+        }
+    }
+    Err(format!("the payload holds no {} slice NAL unit (is the stream's codec right?)", codec_name(codec)))
+}
+
+fn codec_name(codec: Codec) -> &'static str {
+    match codec {
+        Codec::H264 => "H.264",
+        _ => "H.265",
+    }
+}
+
+/// An H.265 NAL header is two bytes, and its `nuh_temporal_id_plus1` is never 0.
+fn nal_header_valid(codec: Codec, nal: &[u8]) -> bool {
+    codec == Codec::H264 || nal.get(1).is_some_and(|b| b & 7 != 0)
+}
+
 /// Removes emulation prevention bytes.
 fn rbsp(nal: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(nal.len());
@@ -123,21 +163,36 @@ impl Bits<'_> {
     }
 }
 
-/// Picture size from an H.264 SPS.
+/// `profile_idc` values of H.264 (Annex A, G, H): anything else is not an SPS.
+const H264_PROFILES: [u32; 16] = [66, 77, 88, 100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135];
+
+/// Picture size from an H.264 SPS, which must be well formed: every field this reads is
+/// checked against the range H.264 7.4.2.1.1 gives it (a random byte string is refused here,
+/// not stored to make an export that no player opens).
 fn h264_size(sps: &[u8]) -> Option<(u32, u32)> {
     let r = rbsp(sps);
     let mut b = Bits { b: &r, pos: 8 };
     let profile = b.u(8)?;
-    b.u(16)?; // constraint flags, level
-    b.ue()?; // sps id
+    if !H264_PROFILES.contains(&profile) {
+        return None;
+    }
+    b.u(8)?; // constraint flags
+    let level = b.u(8)?;
+    if !(9..=62).contains(&level) || b.ue()? > 31 {
+        return None; // level_idc 1b..6.2, seq_parameter_set_id 0..=31
+    }
     let mut chroma = 1;
     if matches!(profile, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
         chroma = b.ue()?;
+        if chroma > 3 {
+            return None;
+        }
         if chroma == 3 {
             b.u(1)?;
         }
-        b.ue()?;
-        b.ue()?;
+        if b.ue()? > 6 || b.ue()? > 6 {
+            return None; // bit depths 8..=14
+        }
         b.u(1)?;
         if b.u(1)? == 1 {
             for i in 0..if chroma == 3 { 12 } else { 8 } {
@@ -160,22 +215,29 @@ fn h264_size(sps: &[u8]) -> Option<(u32, u32)> {
             }
         }
     }
-    b.ue()?; // log2_max_frame_num
+    log2_minus4(b.ue()?)?; // log2_max_frame_num
     match b.ue()? {
         0 => {
-            b.ue()?;
+            log2_minus4(b.ue()?)?;
         }
         1 => {
             b.u(1)?;
             b.se()?;
             b.se()?;
-            for _ in 0..b.ue()? {
+            let cycle = b.ue()?;
+            if cycle > 255 {
+                return None;
+            }
+            for _ in 0..cycle {
                 b.se()?;
             }
         }
-        _ => {}
+        2 => {}
+        _ => return None,
     }
-    b.ue()?; // max_num_ref_frames
+    if b.ue()? > 16 {
+        return None; // max_num_ref_frames
+    }
     b.u(1)?;
     let w_mbs = b.ue()?.checked_add(1)?;
     let h_units = b.ue()?.checked_add(1)?;
@@ -211,6 +273,11 @@ fn h265_sps(sps: &[u8]) -> Option<H265Sps> {
     b.u(1)?;
     let start = b.pos / 8;
     let ptl: [u8; 12] = r.get(start..start + 12)?.try_into().ok()?;
+    // general_profile_idc: 1..=11 are the profiles H.265 defines (A.3); 0 and the rest are
+    // not an SPS a decoder takes.
+    if !(1..=11).contains(&(ptl[0] & 0x1f)) {
+        return None;
+    }
     b.pos += 96;
     let mut sub_profile = [false; 8];
     let mut sub_level = [false; 8];
@@ -231,7 +298,9 @@ fn h265_sps(sps: &[u8]) -> Option<H265Sps> {
             b.pos += 8;
         }
     }
-    b.ue()?;
+    if b.ue()? > 15 {
+        return None; // sps_seq_parameter_set_id
+    }
     let chroma = b.ue()?;
     if chroma == 3 {
         b.u(1)?;

@@ -6,6 +6,11 @@
 #![warn(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
+// The generated gRPC code names its codec `::camvault_server::codec::ProtoCodec`, a path that
+// works both here and in tests that include the generated code themselves.
+extern crate self as camvault_server;
+
+pub mod codec;
 pub mod config;
 pub mod conn;
 pub mod digest;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use storage_core::audit::{AuditQuery, AuditRecord};
 use storage_core::retention::HoldRequest;
-use storage_core::{Clock, Codec, Error, FrameIn, ReadItem, Store, SystemClock};
+use storage_core::{Clock, Codec, Error, FrameIn, ReadItem, Store, StreamKind, SystemClock};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -36,6 +36,9 @@ const PUBLISH_BATCH_MESSAGES: usize = 64;
 
 /// How often a publisher hears the durable sequence number when it advances.
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
+/// The error metadata of a publish call that ends in an error: its durable sequence number,
+/// from which the publisher resumes (the call's last `PublishResponse` says it too).
+pub const DURABLE_SEQ_METADATA: &str = "camvault-durable-seq";
 /// A token's use from one address is audited as a login at most once in this period.
 const LOGIN_AUDIT_PERIOD: Duration = Duration::from_secs(3600);
 /// Most (token, address) pairs remembered for the login audit. Past it, pairs not seen for a
@@ -61,6 +64,9 @@ pub struct Server {
     logins_audited_us: Mutex<HashMap<(String, Option<std::net::IpAddr>), i64>>,
     /// Bumped by the store each time frames become durable; live follows wait on it.
     durable: tokio::sync::watch::Receiver<u64>,
+    /// Bumped at each token revocation: long calls (publish, follow) then check their own token
+    /// and end if it was revoked.
+    revocations: tokio::sync::watch::Sender<u64>,
     /// Counters exported at `/metrics`.
     pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
@@ -68,13 +74,17 @@ pub struct Server {
 /// Maps storage errors to gRPC status codes with messages a person can act on.
 pub fn status(e: Error) -> Status {
     match e {
-        Error::InvalidArgument(_) | Error::OutOfOrder { .. } => Status::invalid_argument(e.to_string()),
+        Error::InvalidArgument(_) | Error::OutOfOrder { .. } | Error::CaptureTime { .. } => Status::invalid_argument(e.to_string()),
         Error::Overlap { .. } => Status::already_exists(e.to_string()),
         Error::LimitExceeded { .. } | Error::NoSpace { .. } => Status::resource_exhausted(e.to_string()),
         Error::NotFound(_) => Status::not_found(e.to_string()),
         Error::FailedPrecondition(_) | Error::Decommissioned(_) => Status::failed_precondition(e.to_string()),
         Error::Corrupt { .. } => Status::data_loss(e.to_string()),
         Error::Closed => Status::aborted(e.to_string()),
+        _ if e.is_no_space() => Status::resource_exhausted(e.to_string()),
+        // A failed fsync poisons its writer for good: the store takes writes again once the
+        // server is restarted (DESIGN.md "Resumable publishing").
+        Error::Poisoned(_) => Status::unavailable(format!("{e}; the server must be restarted before it takes writes again")),
         _ => Status::internal(e.to_string()),
     }
 }
@@ -161,10 +171,22 @@ impl Server {
                 cameras: Mutex::new(cameras),
                 logins_audited_us: Mutex::new(HashMap::new()),
                 durable,
+                revocations: tokio::sync::watch::channel(0u64).0,
                 metrics: Arc::new(crate::metrics::ServerMetrics::default()),
             },
             first,
         ))
+    }
+
+    /// Resolves once the token `id` is revoked: a long call selects on it and ends.
+    async fn watch_revocation(&self, id: &str) {
+        let mut rx = self.revocations.subscribe();
+        loop {
+            let revoked = self.tokens.lock().map(|t| t.tokens.iter().any(|r| r.id == id && r.revoked)).unwrap_or(true);
+            if revoked || rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Appends an audit entry. The append fsyncs, so on a runtime worker it runs in
@@ -179,6 +201,11 @@ impl Server {
     /// Checks the bearer token; records a login once per token and [`LOGIN_AUDIT_PERIOD`]
     /// (with the peer it came from), however many connections the token opens.
     fn authenticate<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        self.authenticate_call(req).map(|(p, _)| p)
+    }
+
+    /// [`Server::authenticate`], with the token's id for a long call to watch.
+    fn authenticate_call<T>(&self, req: &Request<T>) -> Result<(Principal, String), Status> {
         let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
         let Some(secret) = header.strip_prefix("Bearer ").map(str::trim) else {
             self.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -217,7 +244,7 @@ impl Server {
                 m.insert(key, now);
             }
         }
-        Ok(principal)
+        Ok((principal, id))
     }
 
     fn camera(&self, id: &str) -> Result<CameraInfo, Status> {
@@ -325,7 +352,7 @@ impl Api {
     where
         S: Stream<Item = Result<proto::PublishRequest, Status>> + Unpin + Send + 'static,
     {
-        let p = self.0.authenticate(&req)?;
+        let (p, token_id) = self.0.authenticate_call(&req)?;
         if let Err(e) = Server::require(&p, Role::Ingest) {
             self.0.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(e);
@@ -350,16 +377,21 @@ impl Api {
         h26x::sample_description(codec, &cfg.config)
             .map_err(|e| Status::invalid_argument(format!("codec configuration for {}: {e}", open.camera)))?;
         let server = self.0.clone();
-        let mut writer = server.store.open_stream(&open.camera, codec, &cfg.config).map_err(status)?;
+        let kind = if open.backfill { StreamKind::Backfill } else { StreamKind::Live };
+        let mut writer = server.store.open_stream_as(&open.camera, codec, &cfg.config, kind).map_err(status)?;
         let (tx, rx) = mpsc::channel::<Result<proto::PublishResponse, Status>>(64);
         let camera = open.camera.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ACK_INTERVAL);
             let mut accepted = 0u64;
             let mut acked = 0u64;
+            let mut codec = codec;
+            let revoked = server.watch_revocation(&token_id);
+            tokio::pin!(revoked);
             let result: Result<(), Status> = async {
                 loop {
                     tokio::select! {
+                        () = &mut revoked => return Err(Status::unauthenticated("the token was revoked")),
                         msg = tokio::time::timeout(PUBLISH_IDLE_TIMEOUT, inbound.next()) => {
                             let msg = match msg {
                                 Err(_) => return Err(Status::deadline_exceeded(format!("publisher for {camera} was silent for {} s", PUBLISH_IDLE_TIMEOUT.as_secs()))),
@@ -386,7 +418,7 @@ impl Api {
                                     std::task::Poll::Pending => break,
                                 }
                             }
-                            apply_publish(&server, &camera, &mut writer, batch, &mut accepted)?;
+                            apply_publish(&server, &camera, &mut writer, &mut codec, batch, &mut accepted)?;
                             if let Some(end) = ended {
                                 return end;
                             }
@@ -404,18 +436,21 @@ impl Api {
                 }
             }
             .await;
-            // Seal: everything accepted becomes durable, then the final acknowledgement.
+            // Seal: everything accepted becomes durable, then the final acknowledgement. A call
+            // that ends in an error says first what is durable, so that the publisher resumes
+            // from there (DESIGN.md "Resumable publishing").
+            let durable_before = writer.durable_seq();
             let closed = tokio::task::block_in_place(|| writer.close());
-            match (result, closed) {
-                (Err(e), _) => {
-                    let _ = tx.send(Err(e)).await;
-                }
-                (Ok(()), Err(e)) => {
-                    let _ = tx.send(Err(status(e))).await;
-                }
-                (Ok(()), Ok(())) => {
-                    let _ = tx.send(Ok(proto::PublishResponse { accepted_seq: accepted, durable_seq: accepted })).await;
-                }
+            let durable = if closed.is_ok() { accepted } else { durable_before };
+            let end = match (result, closed) {
+                (Err(e), _) => Some(e),
+                (Ok(()), Err(e)) => Some(status(e)),
+                (Ok(()), Ok(())) => None,
+            };
+            let _ = tx.send(Ok(proto::PublishResponse { accepted_seq: accepted, durable_seq: durable })).await;
+            if let Some(mut e) = end {
+                e.metadata_mut().insert(DURABLE_SEQ_METADATA, durable.into());
+                let _ = tx.send(Err(e)).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -434,6 +469,7 @@ fn apply_publish(
     server: &Server,
     camera: &str,
     writer: &mut storage_core::StreamWriter,
+    codec: &mut Codec,
     batch: Vec<proto::PublishRequest>,
     accepted: &mut u64,
 ) -> Result<(), Status> {
@@ -446,29 +482,38 @@ fn apply_publish(
             c.refused += refused;
         })
     };
-    let append = |writer: &mut storage_core::StreamWriter, f: &proto::Frame, frames: &mut u64, bytes: &mut u64, accepted: &mut u64| {
-        let frame = FrameIn { ts_us: f.ts_us, pts_90k: f.pts_90k, key: f.key, payload: &f.payload };
-        let appended = if writer.append_may_wait(f.ts_us, f.key, f.payload.len()) {
-            tokio::task::block_in_place(|| writer.append(frame))
-        } else {
-            writer.append(frame)
+    let append =
+        |writer: &mut storage_core::StreamWriter, codec: Codec, f: &proto::Frame, frames: &mut u64, bytes: &mut u64, accepted: &mut u64| {
+            // Checked at the door: a payload that is not an access unit of the stream's codec
+            // would be stored and then dropped by every export.
+            h26x::check_access_unit(codec, &f.payload).map_err(|e| {
+                counted(*frames, *bytes, 1);
+                Status::invalid_argument(format!("frame at {} us for {camera}: {e}", f.ts_us))
+            })?;
+            let frame = FrameIn { ts_us: f.ts_us, pts_90k: f.pts_90k, key: f.key, payload: &f.payload };
+            let appended = if writer.append_may_wait(f.ts_us, f.key, f.payload.len()) {
+                tokio::task::block_in_place(|| writer.append(frame))
+            } else {
+                writer.append(frame)
+            };
+            let seq = appended.map_err(|e| {
+                counted(*frames, *bytes, 1);
+                status(e)
+            })?;
+            *accepted = seq;
+            *frames += 1;
+            *bytes += f.payload.len() as u64;
+            Ok::<(), Status>(())
         };
-        let seq = appended.map_err(|e| {
-            counted(*frames, *bytes, 1);
-            status(e)
-        })?;
-        *accepted = seq;
-        *frames += 1;
-        *bytes += f.payload.len() as u64;
-        Ok::<(), Status>(())
-    };
     for msg in batch {
         match msg.msg {
-            Some(proto::publish_request::Msg::Frame(f)) => append(writer, &f, &mut frames, &mut bytes, accepted)?,
+            Some(proto::publish_request::Msg::Frame(f)) => append(writer, *codec, &f, &mut frames, &mut bytes, accepted)?,
             Some(proto::publish_request::Msg::CodecChange(c)) => {
-                let changed = codec_from(c.codec).and_then(|codec| {
-                    h26x::sample_description(codec, &c.config).map_err(|e| Status::invalid_argument(format!("codec change: {e}")))?;
-                    writer.set_codec_config(codec, &c.config).map_err(status)
+                let changed = codec_from(c.codec).and_then(|new| {
+                    h26x::sample_description(new, &c.config).map_err(|e| Status::invalid_argument(format!("codec change: {e}")))?;
+                    writer.set_codec_config(new, &c.config).map_err(status)?;
+                    *codec = new;
+                    Ok(())
                 });
                 if let Err(e) = changed {
                     counted(frames, bytes, 0);
@@ -494,6 +539,9 @@ impl proto::catalog_server::Catalog for Api {
         if c.id.is_empty() || c.owning_unit.is_empty() {
             return Err(Status::invalid_argument("a camera needs an id and an owning unit"));
         }
+        // The store's own rule, checked here: a registered camera the store refuses could
+        // never record.
+        storage_core::check_camera_id(&c.id).map_err(status)?;
         let info = CameraInfo {
             id: c.id,
             owning_unit: c.owning_unit,
@@ -654,7 +702,7 @@ impl proto::playback_server::Playback for Api {
     type ReadFramesStream = BoxStream<proto::ReadItem>;
 
     async fn read_frames(&self, req: Request<proto::ReadFramesRequest>) -> Result<Response<Self::ReadFramesStream>, Status> {
-        let p = self.0.authenticate(&req)?;
+        let (p, token_id) = self.0.authenticate_call(&req)?;
         let r = req.into_inner();
         let c = self.0.camera(&r.camera)?;
         let access = r.access.unwrap_or_default();
@@ -669,6 +717,8 @@ impl proto::playback_server::Playback for Api {
         // passes a follow waits on the store's durability signal, holding no thread.
         tokio::spawn(async move {
             let mut at = FollowAt { from_us: r.from_us, last_ts: i64::MIN, last_config: None };
+            let revoked = server.watch_revocation(&token_id);
+            tokio::pin!(revoked);
             loop {
                 durable.borrow_and_update();
                 let (server, tx_pass, camera) = (server.clone(), tx.clone(), r.camera.clone());
@@ -682,6 +732,10 @@ impl proto::playback_server::Playback for Api {
                 tokio::select! {
                     changed = durable.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
+                    () = &mut revoked => {
+                        let _ = tx.send(Err(Status::unauthenticated("the token was revoked"))).await;
+                        return;
+                    }
                 }
             }
         });
@@ -707,6 +761,13 @@ impl proto::export_server::Export for Api {
         }
         if r.from_us >= r.to_us {
             return Err(Status::invalid_argument("the export range must end after it starts"));
+        }
+        // A request that finds no video is audited as that, not as an export.
+        let found = self.0.store.recordings(&r.camera, r.from_us, r.to_us).map_err(status)?;
+        if found.spans.is_empty() {
+            let detail = serde_json::json!({ "found": "no video in the range" });
+            self.0.audit_read(&p, "video.export.none", &r.camera, r.from_us, r.to_us, &access, &grant, detail)?;
+            return Err(Status::not_found(format!("no video of {} in the range", r.camera)));
         }
         let reader = self.0.store.read(&r.camera, r.from_us, r.to_us).map_err(status)?;
         // Audited before the first byte leaves: an export the client abandons halfway has been
@@ -785,6 +846,11 @@ impl ExportSink {
     }
 }
 
+/// Microseconds since `origin_us` on a 90 kHz clock, saturating.
+fn to_90k_since(us: i64, origin_us: i64) -> i64 {
+    (i128::from(us.saturating_sub(origin_us)) * 9 / 100) as i64
+}
+
 fn send_export_chunks(wire: &mpsc::Sender<Result<proto::ExportChunk, Status>>, bytes: bytes::Bytes) -> Result<(), Status> {
     for start in (0..bytes.len()).step_by(EXPORT_CHUNK_BYTES) {
         let chunk = bytes.slice(start..(start + EXPORT_CHUNK_BYTES).min(bytes.len()));
@@ -811,7 +877,6 @@ fn export(
     let mut send = |bytes: Vec<u8>| sink.send(bytes);
     let mut codec = None;
     let mut first_dts_us = None;
-    let mut first_pts = None;
     let mut start_key_us = None;
     let mut frames = 0u64;
     let mut seq = 0u32;
@@ -819,25 +884,22 @@ fn export(
     let mut pending_bytes = 0usize;
     let mut last_duration = 3600u32;
     let mut reorder_90k: Option<i64> = None;
+    // Pending frames carry their presentation time already on the export's 90 kHz timeline
+    // (see `run` below), or none.
     let mut flush = |pending: &mut Vec<(i64, Option<i64>, bool, bytes::Bytes)>,
                      next_dts_us: Option<i64>,
                      codec: Codec,
                      first_dts: i64,
-                     first_pts: Option<i64>,
                      send: &mut dyn FnMut(Vec<u8>) -> Result<(), Status>|
      -> Result<(), Status> {
         if pending.is_empty() {
             return Ok(());
         }
-        let to90k = |us: i64| (i128::from(us.saturating_sub(first_dts)) * 9 / 100) as i64;
+        let to90k = |us: i64| to_90k_since(us, first_dts);
         // Reorder delay (B-frames): fixed from the first fragment so presentation never precedes
         // decoding; the manifest's times stay those of the store.
         if reorder_90k.is_none() {
-            let k = pending
-                .iter()
-                .filter_map(|(ts, pts, _, _)| Some(to90k(*ts).saturating_sub(pts.as_ref()?.saturating_sub(first_pts?))))
-                .max()
-                .unwrap_or(0);
+            let k = pending.iter().filter_map(|(ts, pts, _, _)| Some(to90k(*ts).saturating_sub(*pts.as_ref()?))).max().unwrap_or(0);
             reorder_90k = Some(k.max(0));
         }
         let k = reorder_90k.unwrap_or(0);
@@ -851,9 +913,9 @@ fn export(
             let next = pending.get(i + 1).map(|x| to90k(x.0)).or(next_dts_us.map(to90k));
             let duration = next.map_or(last_duration, |n| n.saturating_sub(dts).clamp(1, u32::MAX as i64) as u32);
             last_duration = duration;
-            let cto = match (pts, first_pts) {
-                (Some(pt), Some(fp)) => pt.saturating_sub(fp).saturating_sub(dts).saturating_add(k).clamp(0, i32::MAX as i64) as i32,
-                _ => 0,
+            let cto = match pts {
+                Some(pt) => pt.saturating_sub(dts).saturating_add(k).clamp(0, i32::MAX as i64) as i32,
+                None => 0,
             };
             let before = data.len();
             h26x::to_length_prefixed(codec, payload, &mut data);
@@ -866,9 +928,17 @@ fn export(
         pending.clear();
         Ok(())
     };
+    // Each run (a segment, a reconnect, a codec-configuration change: whatever the store
+    // starts with a configuration) keeps its own presentation-time origin: a camera that
+    // reconnects restarts its 90 kHz clock, and its frames must not be presented before the
+    // previous run's. A run's first frame sets (its capture time on the export's timeline,
+    // its pts); its other frames are presented relative to that.
+    let mut run: Option<(i64, i64)> = None;
+    let mut run_started = true;
     for item in reader {
         match item.map_err(status)? {
             ReadItem::Config(cfg) => {
+                run_started = true;
                 if codec.is_none() {
                     let desc = h26x::sample_description(cfg.codec, &cfg.data).map_err(Status::failed_precondition)?;
                     send(mp4::init_segment(&desc))?;
@@ -882,26 +952,32 @@ fn export(
                     break;
                 }
                 let fd = *first_dts_us.get_or_insert(f.ts_us);
-                if first_pts.is_none() {
-                    first_pts = f.pts_90k;
+                if run_started {
+                    run = f.pts_90k.map(|p| (to_90k_since(f.ts_us, fd), p));
+                    run_started = false;
                 }
+                let pts_90k = match (run, f.pts_90k) {
+                    (Some((origin, p0)), Some(p)) => Some(origin.saturating_add(p.saturating_sub(p0))),
+                    _ => None,
+                };
                 start_key_us.get_or_insert(f.ts_us);
                 if f.key || pending_bytes > mp4::FRAGMENT_BYTES_MAX {
-                    flush(&mut pending, Some(f.ts_us), c, fd, first_pts, &mut send)?;
+                    flush(&mut pending, Some(f.ts_us), c, fd, &mut send)?;
                     pending_bytes = 0;
                 }
                 pending_bytes += f.payload.len();
-                pending.push((f.ts_us, f.pts_90k, f.key, f.payload));
+                pending.push((f.ts_us, pts_90k, f.key, f.payload));
                 frames += 1;
             }
         }
     }
     if let (Some(c), Some(fd)) = (codec, first_dts_us) {
-        flush(&mut pending, None, c, fd, first_pts, &mut send)?;
+        flush(&mut pending, None, c, fd, &mut send)?;
     } else {
         return Err(Status::not_found(format!("no video of {} in the range", r.camera)));
     }
     let file_digest = sink.finish()?;
+    let gaps = server.store.recordings(&r.camera, r.from_us, r.to_us).map(|rec| rec.gaps).map_err(status)?;
     let manifest = serde_json::json!({
         "type": "camvault-export-manifest",
         "version": 2,
@@ -913,6 +989,9 @@ fn export(
         "starts_at_keyframe_us": start_key_us,
         "from_offset_us": start_key_us.map(|k| r.from_us.saturating_sub(k)),
         "frames": frames,
+        // Where the range holds no video (pauses longer than the store's gap_us): an export
+        // with a hole in it says so.
+        "gaps": gaps.iter().map(|g| serde_json::json!({ "from_us": g.start_us, "to_us": g.end_us })).collect::<Vec<_>>(),
         "exported_by": p.name,
         "requester": access.requester,
         "purpose": access.purpose,
@@ -963,12 +1042,11 @@ impl proto::holds_server::Holds for Api {
             return Err(Status::permission_denied(format!("{} may not place legal holds", p.name)));
         }
         let r = req.into_inner();
-        if p.has(Role::Operator) && !p.has(Role::Admin) {
-            for c in &r.cameras {
-                let cam = self.0.camera(c)?;
-                if !Server::in_scope(&p, &cam) {
-                    return Err(Status::permission_denied(format!("camera {c} is outside {}'s unit", p.name)));
-                }
+        // A hold on a camera that is not registered protects nothing: refused, naming it.
+        for c in &r.cameras {
+            let cam = self.0.camera(c)?;
+            if p.has(Role::Operator) && !p.has(Role::Admin) && !Server::in_scope(&p, &cam) {
+                return Err(Status::permission_denied(format!("camera {c} is outside {}'s unit", p.name)));
             }
         }
         let store = self.0.store.clone();
@@ -1011,6 +1089,8 @@ impl proto::retention_server::Retention for Api {
     async fn get_retention(&self, req: Request<proto::GetRetentionRequest>) -> Result<Response<proto::RetentionPolicy>, Status> {
         let _p = self.0.authenticate(&req)?;
         let camera = req.into_inner().camera;
+        // A typo'd camera would get the default as if it were its own.
+        self.0.camera(&camera)?;
         let days = self.0.store.retention_days(&camera).map_err(status)?;
         Ok(Response::new(proto::RetentionPolicy { camera, days }))
     }
@@ -1019,6 +1099,7 @@ impl proto::retention_server::Retention for Api {
         let p = self.0.authenticate(&req)?;
         Server::require(&p, Role::Admin)?;
         let r = req.into_inner();
+        self.0.camera(&r.camera)?;
         self.0.store.set_retention(&r.camera, r.days, &p.name, &r.reason).map_err(status)?;
         Ok(Response::new(proto::RetentionPolicy { camera: r.camera, days: r.days }))
     }
@@ -1141,6 +1222,8 @@ impl proto::admin_server::Admin for Api {
             rec.revoked = true;
             save(&self.0.dir.join("tokens.json"), &*t).map_err(Status::internal)?;
         }
+        // Calls the token opened end within a second (`Server::watch_revocation`).
+        self.0.revocations.send_modify(|n| *n = n.wrapping_add(1));
         self.0.audit(AuditRecord {
             actor: p.name,
             action: "token.revoke".into(),

@@ -407,10 +407,13 @@ fn bad_input_gets_clear_errors_and_loses_nothing() {
     let op = token(&s, "op", "unit-1", "operator", &[]);
     let src = encode(dir.path(), "a.h264", "h264", false, 2);
     ok(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", "cam-1", "--fast", "--start", T0]);
-    // The same video again overlaps what is stored: refused, nothing lost.
-    let again = run(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", "cam-1", "--fast", "--start", T0]);
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("AlreadyExists"), "{}", String::from_utf8_lossy(&again.stderr));
+    // The same video again, as a publisher resuming would send it: acknowledged, not doubled.
+    ok(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", "cam-1", "--fast", "--start", T0]);
+    // Other video at the stored times (the same frames at 50 fps land between the stored
+    // ones): refused, nothing lost.
+    let other = run(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", "cam-1", "--fast", "--start", T0, "--fps", "50"]);
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("AlreadyExists"), "{}", String::from_utf8_lossy(&other.stderr));
     // Not an elementary stream.
     let junk = dir.path().join("junk.h264");
     std::fs::write(&junk, b"this is not video").expect("write");
@@ -680,4 +683,70 @@ fn live_follow_is_woken_by_durable_frames_and_sends_the_config_once() {
     // frame and again only where a new segment's run began, never once per wake-up.
     let configs = seen.iter().filter(|l| l.starts_with("codec config")).count();
     assert!((1..=2).contains(&configs), "{configs} codec configurations for 2 streams: {seen:?}");
+}
+
+/// Findings 3 and 8 of the ingest issue: a camera that reconnects restarts its presentation
+/// clock (B-frames, pts from 0 again); an export across the reconnect plays in order, ffmpeg
+/// finds nothing wrong, and its manifest lists the gap between the two runs. An export of a
+/// range with no video is refused and audited as that, not as an export.
+#[test]
+fn an_export_across_a_reconnect_plays_in_order_and_lists_its_gaps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = server(dir.path());
+    ok(&s, &s.admin, &["camera", "put", "--id", "cam-re", "--unit", "unit-1"]);
+    let ingest = token(&s, "edge", "unit-1", "ingest", &["--cameras", "cam-re"]);
+    let op = token(&s, "op", "unit-1", "operator", &[]);
+    let auditor = token(&s, "aud", "unit-1", "auditor", &[]);
+    let src = encode(dir.path(), "b.h264", "h264", true, 2);
+    // Two publishes of a B-frame clip, each with its pts from 0: the second starts 10 s after
+    // the first ends.
+    ok(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", "cam-re", "--fast", "--start", "2026-11-23T10:00:00Z"]);
+    ok(&s, &ingest, &["ingest", src.to_str().expect("utf8"), "--camera", "cam-re", "--fast", "--start", "2026-11-23T10:00:12Z"]);
+    let out = dir.path().join("re.mp4");
+    let o = out.to_str().expect("utf8");
+    ok(&s, &op, &["export", "--camera", "cam-re", "--from", T0, "--to", "2026-11-23T10:00:20Z", "--out", o, "--purpose", "reconnect"]);
+    let dec = Command::new("ffmpeg").args(["-v", "error", "-i", o, "-f", "null", "-"]).output().expect("ffmpeg");
+    assert!(dec.status.success() && dec.stderr.is_empty(), "ffmpeg: {}", String::from_utf8_lossy(&dec.stderr));
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts", "-of", "csv=p=0", o])
+        .output()
+        .expect("ffprobe");
+    let pts: Vec<i64> = String::from_utf8_lossy(&probe.stdout).lines().filter_map(|l| l.split(',').next()?.trim().parse().ok()).collect();
+    assert_eq!(pts.len(), 100, "both runs play: {}", String::from_utf8_lossy(&probe.stdout));
+    assert!(pts.windows(2).all(|w| w[0] < w[1]), "frames are presented in order across the reconnect: {pts:?}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{o}.manifest.json")).expect("manifest")).expect("json");
+    let doc: serde_json::Value = serde_json::from_str(manifest["manifest"].as_str().expect("signed text")).expect("json");
+    let gaps = doc["gaps"].as_array().expect("gaps");
+    assert!(
+        gaps.iter().any(|g| g["to_us"].as_i64().unwrap_or(0) - g["from_us"].as_i64().unwrap_or(0) >= 9_000_000),
+        "the 10 s between the runs is a gap: {doc}"
+    );
+    // A range with no video: refused, and audited as a request that found nothing.
+    let none = run(
+        &s,
+        &op,
+        &[
+            "export",
+            "--camera",
+            "cam-re",
+            "--from",
+            "2026-11-23T11:00:00Z",
+            "--to",
+            "2026-11-23T11:01:00Z",
+            "--out",
+            o,
+            "--purpose",
+            "nothing",
+        ],
+    );
+    assert!(!none.status.success() && String::from_utf8_lossy(&none.stderr).contains("NotFound"));
+    let audited = [
+        ok(&s, &auditor, &["audit", "query", "--action", "video.export"]),
+        ok(&s, &auditor, &["audit", "query", "--action", "video.export.none"]),
+    ]
+    .join("\n");
+    let entries: Vec<serde_json::Value> = audited.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert!(entries.iter().any(|e| e["action"] == "video.export.none" && e["purpose"] == "nothing"), "{audited}");
+    assert!(!entries.iter().any(|e| e["action"] == "video.export" && e["purpose"] == "nothing"), "not an export: {audited}");
 }

@@ -152,6 +152,7 @@ fn write_generated_seeds() {
                 codec: proto::Codec::H264 as i32,
                 config: vec![0, 0, 0, 1, 0x67, 1, 2, 3, 0, 0, 0, 1, 0x68, 4],
             }),
+            backfill: false,
         })),
     };
     let frame = |n: i64| proto::PublishRequest {

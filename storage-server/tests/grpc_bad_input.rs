@@ -53,7 +53,11 @@ fn frame(ts_us: i64, key: bool, len: usize) -> proto::PublishRequest {
 
 fn open(camera: &str, codec: i32, config: Vec<u8>) -> proto::PublishRequest {
     proto::PublishRequest {
-        msg: Some(Msg::Open(proto::OpenStream { camera: camera.into(), codec: Some(proto::CodecConfig { codec, config }) })),
+        msg: Some(Msg::Open(proto::OpenStream {
+            camera: camera.into(),
+            codec: Some(proto::CodecConfig { codec, config }),
+            backfill: true,
+        })),
     }
 }
 

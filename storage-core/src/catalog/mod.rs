@@ -34,6 +34,10 @@ pub struct SealedInfo {
     pub file_len: u64,
     /// Sum of frame payload sizes (plaintext bytes).
     pub payload_bytes: u64,
+    /// The store's clock when the segment was sealed: no frame of it arrived later. Retention
+    /// counts from here as well as from the capture times (DESIGN.md "Retention"), so a camera
+    /// whose clock says 1970 does not lose the video it recorded today.
+    pub sealed_us: i64,
 }
 
 /// One catalog event.
@@ -65,6 +69,7 @@ impl CatalogRecord {
                 p.extend_from_slice(&info.footer_offset.to_le_bytes());
                 p.extend_from_slice(&info.file_len.to_le_bytes());
                 p.extend_from_slice(&info.payload_bytes.to_le_bytes());
+                p.extend_from_slice(&info.sealed_us.to_le_bytes());
                 2
             }
             CatalogRecord::Dropped { segment } => {
@@ -90,7 +95,7 @@ impl CatalogRecord {
                 let camera = std::str::from_utf8(&p[17..]).ok()?.to_string();
                 Some(CatalogRecord::Open { segment: SegmentId(le_u64(p, 0)), created_us: le_i64(p, 8), camera })
             }
-            (2, 56) => Some(CatalogRecord::Sealed {
+            (2, 64) => Some(CatalogRecord::Sealed {
                 segment: SegmentId(le_u64(p, 0)),
                 info: SealedInfo {
                     first_ts_us: le_i64(p, 8),
@@ -100,6 +105,7 @@ impl CatalogRecord {
                     footer_offset: le_u64(p, 32),
                     file_len: le_u64(p, 40),
                     payload_bytes: le_u64(p, 48),
+                    sealed_us: le_i64(p, 56),
                 },
             }),
             (3, 8) => Some(CatalogRecord::Dropped { segment: SegmentId(le_u64(p, 0)) }),
@@ -187,16 +193,18 @@ mod tests {
                 footer_offset: 5,
                 file_len: 6,
                 payload_bytes: 8,
+                sealed_us: 9,
             },
         };
         let mut b = Vec::new();
         let (ty, p) = rec.encode();
         crate::log::frame(ty, &p, &mut b);
-        // DESIGN.md "Catalog": crc, len=56, type=2, then eight little-endian fields.
-        assert_eq!(&b[4..9], &[56, 0, 0, 0, 2]);
+        // DESIGN.md "Catalog": crc, len=64, type=2, then nine little-endian fields.
+        assert_eq!(&b[4..9], &[64, 0, 0, 0, 2]);
         assert_eq!(&b[9..17], &7u64.to_le_bytes());
         assert_eq!(&b[57..65], &8u64.to_le_bytes());
-        assert_eq!(b.len(), 65);
+        assert_eq!(&b[65..73], &9i64.to_le_bytes());
+        assert_eq!(b.len(), 73);
         assert_eq!(CatalogRecord::decode(2, &b[9..]), Some(rec));
     }
 }

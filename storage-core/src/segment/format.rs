@@ -328,8 +328,9 @@ pub(crate) fn le_i64(b: &[u8], at: usize) -> i64 {
 }
 
 /// Checks a camera id: 1..=64 bytes of `[A-Za-z0-9._-]`, not starting with a dot (it names a
-/// directory).
-pub(crate) fn check_camera_id(camera: &str) -> Result<()> {
+/// directory). The store applies it to every stream; a registry in front of the store applies
+/// it at registration.
+pub fn check_camera_id(camera: &str) -> Result<()> {
     if camera.len() > CAMERA_ID_BYTES_MAX {
         return Err(Error::LimitExceeded { what: "camera id bytes", actual: camera.len() as u64, max: CAMERA_ID_BYTES_MAX as u64 });
     }

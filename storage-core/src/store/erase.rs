@@ -16,7 +16,7 @@ use crate::retention::{
 use crate::segment::format::check_camera_id;
 use crate::segment::writer::kfi_file_name;
 use crate::signing::{hex, sign_hex, verify_hex};
-use crate::store::index::EntryState;
+use crate::store::index::{EntryState, IndexEntry};
 use crate::store::{Inner, Store};
 use crate::{Error, Result, SegmentId};
 
@@ -152,6 +152,8 @@ impl Inner {
     }
 
     /// Every sealed segment, with its camera, that is expired and not held, at most `limit`.
+    /// Sorted by capture time, a camera's segments stop at the first captured after the
+    /// cutoff; one captured before it may still have arrived after it, and is skipped.
     fn plan(&self, ctl: &ControlState, only: Option<&str>, limit: usize) -> Result<(Vec<ErasedSegment>, usize)> {
         let now = self.clock.now_us();
         let cams: Vec<(String, _)> =
@@ -169,7 +171,7 @@ impl Inner {
                     // Sorted by time: the rest of this camera is younger.
                     break;
                 }
-                if !matches!(e.state, EntryState::Sealed(_)) {
+                if !expired(e, cutoff) {
                     continue;
                 }
                 if !ctl.holding(&camera, e.first_ts_us, e.last_ts_us).is_empty() {
@@ -462,10 +464,14 @@ impl Store {
                 let holds = ctl.holding(&camera, e.first_ts_us, e.last_ts_us);
                 if !holds.is_empty() {
                     refusals.push(format!("segment {} is under legal hold {holds:?}", e.id.0));
-                } else if e.last_ts_us >= cutoff {
-                    refusals.push(format!("segment {} of {camera} is unexpired (retention {} days)", e.id.0, ctl.days(&camera)));
                 } else if !matches!(e.state, EntryState::Sealed(_)) {
                     refusals.push(format!("segment {} is still being written", e.id.0));
+                } else if !expired(e, cutoff) {
+                    refusals.push(format!(
+                        "segment {} of {camera} is unexpired (retention {} days from its capture and from its arrival)",
+                        e.id.0,
+                        ctl.days(&camera)
+                    ));
                 } else {
                     chosen.push(ErasedSegment {
                         segment: e.id.0,
@@ -634,7 +640,7 @@ impl Store {
         for (camera, idx) in cams {
             let cutoff = now.saturating_sub(i64::from(ctl.days(&camera)) * US_PER_DAY);
             for e in lock(&idx, "index")?.segments.values() {
-                if e.last_ts_us >= cutoff || !matches!(e.state, EntryState::Sealed(_)) {
+                if !expired(e, cutoff) {
                     unexpired += 1;
                 }
                 all.push(ErasedSegment { segment: e.id.0, camera: camera.clone(), first_ts_us: e.first_ts_us, last_ts_us: e.last_ts_us });
@@ -718,4 +724,12 @@ impl Store {
     pub fn signing_public_key(&self) -> Result<String> {
         Ok(lock(&self.inner.audit, "audit")?.public_key_hex())
     }
+}
+
+/// Whether `e` has outlived a retention whose cutoff is `cutoff_us` (now minus the camera's
+/// retention): sealed, captured before the cutoff, and arrived before it. Capture times are
+/// the camera's word; the seal time is the store's clock. A camera that stamps 1970 keeps its
+/// video for the retention counted from when it arrived (DESIGN.md "Retention").
+pub(crate) fn expired(e: &IndexEntry, cutoff_us: i64) -> bool {
+    matches!(e.state, EntryState::Sealed(info) if e.last_ts_us < cutoff_us && info.sealed_us < cutoff_us)
 }

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 pub(crate) use erase::DECOMMISSION_MARKER;
 pub use erase::{EraseCertificate, SweepReport};
 pub use read::{CodecConfig, Frame, FrameReader, ReadItem};
-pub use stream::{FrameIn, StreamWriter};
+pub use stream::{FrameIn, StreamKind, StreamWriter};
 
 use crate::audit::AuditLog;
 use crate::catalog::{Catalog, CatalogRecord, SealedInfo};
@@ -55,6 +55,9 @@ pub struct Metrics {
     pub frames_appended: AtomicU64,
     /// Payload bytes accepted by `append`.
     pub payload_bytes_appended: AtomicU64,
+    /// Frames a resuming publisher re-sent that were stored already: acknowledged, not stored
+    /// again.
+    pub frames_resent: AtomicU64,
     /// Segments sealed.
     pub segments_sealed: AtomicU64,
     /// Segments created.
@@ -321,10 +324,19 @@ impl Store {
         Ok(Store { inner, flusher, sweeper })
     }
 
-    /// Opens a stream for `camera` with its codec and configuration (parameter sets, may be
-    /// empty if they travel in-band). Several streams of one camera may be open as long as
-    /// their frames do not overlap in time.
+    /// Opens a live stream for `camera` with its codec and configuration (parameter sets, may
+    /// be empty if they travel in-band). Several streams of one camera may be open as long as
+    /// their frames do not overlap in time. A live stream's capture times must lie within
+    /// [`StoreConfig::capture_skew_us`] of the store's clock; see [`Store::open_stream_as`].
     pub fn open_stream(&self, camera: &str, codec: Codec, codec_config: &[u8]) -> Result<StreamWriter> {
+        self.open_stream_as(camera, codec, codec_config, StreamKind::Live)
+    }
+
+    /// Opens a stream of the given kind: [`StreamKind::Backfill`] for footage recorded
+    /// earlier (an edge buffer forwarded after an outage, a camera's SD card), whose capture
+    /// times may lie in the past down to [`crate::CAPTURE_TIME_MIN_US`]. Either kind keeps
+    /// its video for the retention counted from its arrival as well as its capture.
+    pub fn open_stream_as(&self, camera: &str, codec: Codec, codec_config: &[u8], kind: StreamKind) -> Result<StreamWriter> {
         self.inner.check_writable()?;
         check_camera_id(camera)?;
         check_config(codec_config)?;
@@ -343,7 +355,7 @@ impl Store {
             }
             streams.insert(id, Arc::downgrade(&shared));
         }
-        Ok(StreamWriter { inner: self.inner.clone(), shared })
+        Ok(StreamWriter { inner: self.inner.clone(), shared, kind, resume: None })
     }
 
     /// Group commit now: every open stream's data is written and fsynced.
@@ -407,34 +419,7 @@ impl Store {
     /// Frames of `camera` from the key frame at or before `from_us` up to `to_us` (exclusive),
     /// each preceded by the codec configuration in force. Only durable frames are visible.
     pub fn read(&self, camera: &str, from_us: i64, to_us: i64) -> Result<FrameReader> {
-        self.inner.check_live()?;
-        if from_us >= to_us {
-            return Err(Error::InvalidArgument(format!("empty time range [{from_us}, {to_us})")));
-        }
-        let idx = self.inner.existing_index(camera)?;
-        let entries = idx.lock().map_err(|_| Error::Poisoned("index lock".into()))?.covering(from_us, to_us);
-        let mut plans = Vec::with_capacity(entries.len());
-        for (i, e) in entries.into_iter().enumerate() {
-            let (end, keyframes) = match &e.state {
-                EntryState::Sealed(s) => {
-                    let kf = if i == 0 { self.inner.footer_keyframes(camera, e.id, s)? } else { Vec::new() };
-                    (s.footer_offset, kf)
-                }
-                EntryState::Open { view, .. } => {
-                    let v = view.lock().map_err(|_| Error::Poisoned("segment view lock".into()))?;
-                    (v.durable_len, if i == 0 { v.keyframes.clone() } else { Vec::new() })
-                }
-            };
-            let start_key = keyframes.iter().rev().find(|k| k.ts_us <= from_us && k.offset < end);
-            plans.push(SegmentPlan {
-                id: e.id,
-                camera: camera.to_string(),
-                start: start_key.map_or(HEADER_LEN as u64, |k| k.offset),
-                config_offset: start_key.map(|k| k.config_offset),
-                end,
-            });
-        }
-        Ok(FrameReader { inner: self.inner.clone(), plans: plans.into_iter(), to_us, current: None, done: false })
+        read_frames(&self.inner, camera, from_us, to_us)
     }
 
     /// Cameras with at least one segment.
@@ -859,6 +844,39 @@ impl Inner {
     pub(crate) fn seg_root(&self) -> &Path {
         &self.seg_root
     }
+}
+
+/// [`Store::read`], for the store's own parts (a resumed stream compares re-sent frames with
+/// what is stored).
+pub(crate) fn read_frames(inner: &Arc<Inner>, camera: &str, from_us: i64, to_us: i64) -> Result<FrameReader> {
+    inner.check_live()?;
+    if from_us >= to_us {
+        return Err(Error::InvalidArgument(format!("empty time range [{from_us}, {to_us})")));
+    }
+    let idx = inner.existing_index(camera)?;
+    let entries = idx.lock().map_err(|_| Error::Poisoned("index lock".into()))?.covering(from_us, to_us);
+    let mut plans = Vec::with_capacity(entries.len());
+    for (i, e) in entries.into_iter().enumerate() {
+        let (end, keyframes) = match &e.state {
+            EntryState::Sealed(s) => {
+                let kf = if i == 0 { inner.footer_keyframes(camera, e.id, s)? } else { Vec::new() };
+                (s.footer_offset, kf)
+            }
+            EntryState::Open { view, .. } => {
+                let v = view.lock().map_err(|_| Error::Poisoned("segment view lock".into()))?;
+                (v.durable_len, if i == 0 { v.keyframes.clone() } else { Vec::new() })
+            }
+        };
+        let start_key = keyframes.iter().rev().find(|k| k.ts_us <= from_us && k.offset < end);
+        plans.push(SegmentPlan {
+            id: e.id,
+            camera: camera.to_string(),
+            start: start_key.map_or(HEADER_LEN as u64, |k| k.offset),
+            config_offset: start_key.map(|k| k.config_offset),
+            end,
+        });
+    }
+    Ok(FrameReader { inner: inner.clone(), plans: plans.into_iter(), to_us, current: None, done: false })
 }
 
 #[cfg(test)]

@@ -18,12 +18,22 @@ use crate::{Error, Result, SegmentId};
 /// Rebuilds the index from the catalog, recovering every segment the catalog says is open.
 pub(crate) fn recover(inner: &Arc<Inner>, entries: BTreeMap<SegmentId, CatalogEntry>) -> Result<()> {
     let mut recovered = 0usize;
+    let starts = segment_starts(inner, &entries);
     for (id, e) in entries {
         let info = match e.sealed {
             Some(info) => Some(info),
             None => {
                 recovered += 1;
-                recover_segment(inner, id, &e.camera)?
+                // A segment left open by a stream whose writes failed may hold, past what was
+                // durable, frames its publisher never had acknowledged and re-sent on a later
+                // stream: the camera's next segment (by time) ends it (DESIGN.md "Resumable
+                // publishing").
+                let own = starts.get(&e.camera).and_then(|v| v.iter().find(|(s, _)| *s == id).map(|(_, t)| *t));
+                // A later segment starting at the same time took all of this one's frames.
+                let after = |s: SegmentId, f: i64, t: i64| f > t || (f == t && s > id);
+                let next =
+                    own.and_then(|t| starts.get(&e.camera)?.iter().filter(|(s, f)| *s != id && after(*s, *f, t)).map(|(_, f)| *f).min());
+                recover_segment(inner, id, &e.camera, next)?
             }
         };
         let Some(info) = info else { continue };
@@ -62,7 +72,7 @@ struct Scan {
 /// Recovers one segment left open: cut at the last valid record, append the footer, fsync,
 /// catalog Sealed, remove the sidecar. `None` if it held no frame (dropped) or is damaged
 /// beyond the torn tail (reported, left for the operator).
-fn recover_segment(inner: &Inner, id: SegmentId, camera: &str) -> Result<Option<SealedInfo>> {
+fn recover_segment(inner: &Inner, id: SegmentId, camera: &str, next_start_us: Option<i64>) -> Result<Option<SealedInfo>> {
     let dir = inner.seg_root().join(camera);
     let path = dir.join(segment_file_name(id));
     let kfi_path = dir.join(kfi_file_name(id));
@@ -97,7 +107,8 @@ fn recover_segment(inner: &Inner, id: SegmentId, camera: &str) -> Result<Option<
         }
     }
 
-    let hints = read_sidecar(inner, &kfi_path, len);
+    let mut hints = read_sidecar(inner, &kfi_path, len);
+    hints.retain(|k| next_start_us.is_none_or(|n| k.key.ts_us < n));
     let mut scan = Scan {
         ordinal: 0,
         frames: 0,
@@ -129,6 +140,10 @@ fn recover_segment(inner: &Inner, id: SegmentId, camera: &str) -> Result<Option<
     }
     let mut cursor = RecordCursor::new(file.clone(), pos, len);
     let mut footer_at = None;
+    // End of the last record taken: a record the scan stops at (out of order, past the next
+    // segment's start, another ordinal) is cut with everything after it, never left before
+    // the footer where a reader would find it.
+    let mut taken_end = pos;
     loop {
         let rec = cursor.next_record().map_err(|e| Error::io("scan segment", &path, e))?;
         let rec = match rec {
@@ -160,6 +175,14 @@ fn recover_segment(inner: &Inner, id: SegmentId, camera: &str) -> Result<Option<
                 if scan.last_ts.is_some_and(|l| h.ts_us <= l) || (h.is_key() && scan.keyframes.len() >= KEYFRAMES_PER_SEGMENT_MAX) {
                     break;
                 }
+                if next_start_us.is_some_and(|n| h.ts_us >= n) {
+                    tracing::warn!(
+                        path = %path.display(),
+                        ts_us = h.ts_us,
+                        "recovered segment ends where the camera's next segment starts: the frames after it were never durable"
+                    );
+                    break;
+                }
                 if h.is_key() {
                     scan.keyframes.push(KeyframeEntry { ts_us: h.ts_us, offset: rec.offset, config_offset: scan.config_offset });
                 }
@@ -171,6 +194,7 @@ fn recover_segment(inner: &Inner, id: SegmentId, camera: &str) -> Result<Option<
         }
         scan.codec = h.codec;
         scan.ordinal += 1;
+        taken_end = cursor.pos();
     }
     if let Some(off) = footer_at {
         // Sealed on disk, but the catalog's Sealed record was lost: adopt the footer.
@@ -183,7 +207,7 @@ fn recover_segment(inner: &Inner, id: SegmentId, camera: &str) -> Result<Option<
             }
         }
     }
-    let end = cursor.pos();
+    let end = taken_end;
     if scan.frames == 0 {
         inner.drop_segment(camera, id, &[path, kfi_path])?;
         return Ok(None);
@@ -235,6 +259,8 @@ fn finish(
         footer_offset,
         file_len,
         payload_bytes: f.payload_bytes,
+        // Recovery seals now: no frame of the segment arrived after this.
+        sealed_us: inner.clock.now_us(),
     };
     inner.catalog_append(&CatalogRecord::Sealed { segment: id, info })?;
     if inner.vfs.exists(kfi_path) {
@@ -295,4 +321,26 @@ fn first_frame(inner: &Inner, file: &Arc<dyn crate::io::VfsFile>, len: u64) -> O
         }
     }
     None
+}
+
+/// The first capture time of every segment of each camera: a sealed one's from the catalog, an
+/// open one's from its file.
+fn segment_starts(inner: &Inner, entries: &BTreeMap<SegmentId, CatalogEntry>) -> BTreeMap<String, Vec<(SegmentId, i64)>> {
+    let mut out: BTreeMap<String, Vec<(SegmentId, i64)>> = BTreeMap::new();
+    for (id, e) in entries {
+        let first = match e.sealed {
+            Some(info) => Some(info.first_ts_us),
+            None => {
+                let path = inner.seg_root().join(&e.camera).join(segment_file_name(*id));
+                inner.vfs.open(&path).ok().and_then(|f| {
+                    let len = f.len().ok()?;
+                    first_frame(inner, &f, len).map(|(ts, _)| ts)
+                })
+            }
+        };
+        if let Some(t) = first {
+            out.entry(e.camera.clone()).or_default().push((*id, t));
+        }
+    }
+    out
 }

@@ -132,6 +132,30 @@ impl StreamShared {
         Ok(())
     }
 
+    /// A stream that ends without a seal (poisoned, or its disk full) claims in the index only
+    /// what is durable: the frames past it were never acknowledged, so a publisher re-sends
+    /// them on a new stream, which must not find the time taken (DESIGN.md "Resumable
+    /// publishing"). The segment stays open for recovery at the next open.
+    fn release_unwritten(&self, st: &StreamState) {
+        let Some(seg) = st.seg.as_ref() else { return };
+        let Some(first) = seg.first_ts else { return };
+        let durable_last = seg.view.lock().ok().and_then(|v| v.durable_last_ts);
+        if let Ok(mut idx) = self.index.lock() {
+            match durable_last {
+                Some(t) => {
+                    if let Some(e) = idx.find_mut(first, seg.id) {
+                        e.last_ts_us = t;
+                    }
+                }
+                None => {
+                    if idx.segments.get(&first).is_some_and(|e| e.id == seg.id) {
+                        idx.segments.remove(&first);
+                    }
+                }
+            }
+        }
+    }
+
     /// Seals the current segment: footer + fsync, catalog Sealed, index flip, sidecar removal.
     fn seal_current(&self, inner: &Inner, st: &mut StreamState) -> Result<()> {
         let Some(mut seg) = st.seg.take() else {
@@ -160,6 +184,7 @@ impl StreamShared {
             footer_offset,
             file_len,
             payload_bytes: footer.payload_bytes,
+            sealed_us: inner.clock.now_us(),
         };
         st.config_written = false;
         inner.catalog_append(&CatalogRecord::Sealed { segment: seg.id, info })?;
@@ -205,10 +230,25 @@ fn poison(st: &mut StreamState, e: &Error) {
     st.poisoned.get_or_insert_with(|| e.to_string());
 }
 
+/// What a stream's capture times are checked against (DESIGN.md "Capture time and arrival").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Video as it is recorded: capture times within [`crate::StoreConfig::capture_skew_us`]
+    /// of the store's clock, either way.
+    #[default]
+    Live,
+    /// Footage recorded earlier (an edge buffer forwarded after an outage, a camera's SD
+    /// card): capture times from [`crate::CAPTURE_TIME_MIN_US`] up to the skew bound ahead.
+    Backfill,
+}
+
 /// A handle for appending one stream of one camera. Dropping it seals the open segment.
 pub struct StreamWriter {
     pub(crate) inner: Arc<Inner>,
     pub(crate) shared: Arc<StreamShared>,
+    pub(crate) kind: StreamKind,
+    /// Stored frames that re-sent ones are compared with, from the first re-sent frame on.
+    pub(crate) resume: Option<std::iter::Peekable<crate::store::FrameReader>>,
 }
 
 impl std::fmt::Debug for StreamWriter {
@@ -235,9 +275,17 @@ impl StreamWriter {
     }
 
     /// Appends a frame. Returns its sequence number in this stream (1, 2, ...); it is durable
-    /// once [`StreamWriter::durable_seq`] reaches it. Rejections leave stored data untouched.
+    /// once [`StreamWriter::durable_seq`] reaches it. Rejections leave stored data untouched,
+    /// and a refused frame never extends a segment's time range.
+    ///
+    /// Resuming (DESIGN.md "Resumable publishing"): before a stream's first new frame, a frame
+    /// identical to one stored (same capture time, key flag and bytes) is counted and
+    /// acknowledged without being stored again, so a publisher that lost its acknowledgements
+    /// may re-send from its last durable frame. Different bytes at a stored time are refused
+    /// ([`Error::Overlap`]).
     pub fn append(&mut self, frame: FrameIn<'_>) -> Result<u64> {
         let inner = &self.inner;
+        check_capture_time(&self.shared.camera, self.kind, frame.ts_us, inner.clock.now_us(), inner.config.capture_skew_us)?;
         if frame.payload.is_empty() {
             return Err(Error::InvalidArgument("frame payload is empty".into()));
         }
@@ -260,11 +308,9 @@ impl StreamWriter {
         if st.seg.is_none() {
             // Refuse overlap before creating anything (the check is repeated atomically with
             // the reservation below).
-            {
-                let idx = lock(idx)?;
-                if let Some(e) = idx.collision(own, st.last_ts, frame.ts_us) {
-                    return Err(overlap(&self.shared.camera, frame.ts_us, e));
-                }
+            let hit = lock(idx)?.collision(own, st.last_ts, frame.ts_us).map(|e| overlap(&self.shared.camera, frame.ts_us, e));
+            if let Some(refusal) = hit {
+                return resend(inner, &self.shared, &mut st, &mut self.resume, &frame, refusal);
             }
             inner.check_writable()?;
             let seg = inner.create_segment(&self.shared.camera).inspect_err(|e| {
@@ -278,11 +324,14 @@ impl StreamWriter {
         let Some(seg) = st.seg.as_mut() else {
             return Err(Error::Closed);
         };
+        let seg_last_ts = seg.last_ts;
         // Reserve the range in the index atomically with the check, before the frame is buffered.
         {
             let mut idx = lock(idx)?;
             if let Some(e) = idx.collision(own, last_ts, frame.ts_us) {
-                return Err(overlap(&self.shared.camera, frame.ts_us, e));
+                let refusal = overlap(&self.shared.camera, frame.ts_us, e);
+                drop(idx);
+                return resend(inner, &self.shared, &mut st, &mut self.resume, &frame, refusal);
             }
             match own {
                 Some(id) => {
@@ -316,6 +365,23 @@ impl StreamWriter {
             Ok::<(), Error>(())
         })();
         if let Err(e) = res {
+            // The reservation goes: a refused frame never extends the segment's time range.
+            if let Ok(mut idx) = lock(idx) {
+                let seg_id = st.seg.as_ref().map(|s| s.id);
+                match (own, seg_last_ts) {
+                    (Some(id), Some(prev)) => {
+                        let first = st.seg.as_ref().and_then(|s| s.first_ts).unwrap_or(frame.ts_us);
+                        if let Some(e) = idx.find_mut(first, id) {
+                            e.last_ts_us = prev;
+                        }
+                    }
+                    _ => {
+                        if idx.segments.get(&frame.ts_us).is_some_and(|e| Some(e.id) == seg_id) {
+                            idx.segments.remove(&frame.ts_us);
+                        }
+                    }
+                }
+            }
             if e.is_no_space() {
                 // Refused before the buffer changed (see NO_SPACE_BUFFER_BYTES_MAX).
                 inner.set_no_space(true);
@@ -384,10 +450,14 @@ impl StreamWriter {
         }
         st.closed = true;
         self.inner.unregister_stream(self.shared.id);
-        if let Some(p) = &st.poisoned {
-            return Err(Error::Poisoned(p.clone()));
+        let sealed = match &st.poisoned {
+            Some(p) => Err(Error::Poisoned(p.clone())),
+            None => self.shared.seal_current(&self.inner, &mut st).inspect_err(|e| poison(&mut st, e)),
+        };
+        if sealed.is_err() {
+            self.shared.release_unwritten(&st);
         }
-        self.shared.seal_current(&self.inner, &mut st).inspect_err(|e| poison(&mut st, e))
+        sealed
     }
 }
 
@@ -427,4 +497,85 @@ fn overlap(camera: &str, ts_us: i64, e: &IndexEntry) -> Error {
 /// Header for a new segment.
 pub(crate) fn new_header(segment: crate::SegmentId, camera: &str, created_us: i64) -> SegmentHeader {
     SegmentHeader { segment, created_us, camera: camera.to_string() }
+}
+
+/// Refuses a frame whose capture time the store cannot trust (DESIGN.md "Capture time and
+/// arrival"); the message names the bound.
+fn check_capture_time(camera: &str, kind: StreamKind, ts_us: i64, now_us: i64, skew_us: i64) -> Result<()> {
+    let refuse = |reason: String| Err(Error::CaptureTime { camera: camera.to_string(), ts_us, store_now_us: now_us, reason });
+    let secs = |us: i64| us as f64 / 1e6;
+    if ts_us < crate::CAPTURE_TIME_MIN_US {
+        return refuse(format!(
+            "is before 2000-01-01T00:00:00Z ({} us), the earliest capture time the store takes: the camera's clock is not set",
+            crate::CAPTURE_TIME_MIN_US
+        ));
+    }
+    let ahead = ts_us.saturating_sub(now_us);
+    if ahead > skew_us {
+        return refuse(format!(
+            "is {:.3} s ahead of the store's clock ({now_us} us); no frame may be more than {:.0} s ahead \
+             (StoreConfig::capture_skew_us): the camera's clock is wrong",
+            secs(ahead),
+            secs(skew_us)
+        ));
+    }
+    let behind = now_us.saturating_sub(ts_us);
+    if kind == StreamKind::Live && behind > skew_us {
+        return refuse(format!(
+            "is {:.3} s behind the store's clock ({now_us} us); a live stream's frames may be at most {:.0} s behind \
+             (StoreConfig::capture_skew_us): open the stream as a backfill for footage recorded earlier, or set the \
+             camera's clock",
+            secs(behind),
+            secs(skew_us)
+        ));
+    }
+    Ok(())
+}
+
+/// A frame at a time the camera already has stored video for: acknowledged without storing it
+/// again when it is the very frame stored there and the stream has not stored a new frame yet
+/// (a publisher resuming from its last durable frame), refused with `refusal` otherwise.
+fn resend(
+    inner: &Arc<Inner>,
+    shared: &StreamShared,
+    st: &mut StreamState,
+    resume: &mut Option<std::iter::Peekable<crate::store::FrameReader>>,
+    frame: &FrameIn<'_>,
+    refusal: Error,
+) -> Result<u64> {
+    if st.seg.as_ref().is_some_and(|s| s.frames > 0) {
+        return Err(refusal);
+    }
+    if resume.is_none() {
+        *resume = Some(crate::store::read_frames(inner, &shared.camera, frame.ts_us, i64::MAX)?.peekable());
+    }
+    let Some(stored) = resume.as_mut() else { return Err(refusal) };
+    let mut same = false;
+    while let Some(item) = stored.peek() {
+        match item {
+            Ok(crate::ReadItem::Frame(f)) if f.ts_us < frame.ts_us => {}
+            Ok(crate::ReadItem::Frame(f)) => {
+                same = f.ts_us == frame.ts_us && f.key == frame.key && f.payload[..] == *frame.payload;
+                break;
+            }
+            Ok(crate::ReadItem::Config(_)) => {}
+            Err(_) => break,
+        }
+        stored.next();
+    }
+    if !same {
+        return Err(refusal);
+    }
+    stored.next();
+    st.last_ts = Some(frame.ts_us);
+    st.seq += 1;
+    let seq = st.seq;
+    // Stored already, so durable already: published at once when nothing of this stream
+    // waits for an fsync, else with the fsync that covers what does.
+    if st.synced_seq + 1 == seq && shared.durable_seq() + 1 == seq {
+        st.synced_seq = seq;
+        shared.publish_durable(seq);
+    }
+    inner.metrics.frames_resent.fetch_add(1, Ordering::Relaxed);
+    Ok(seq)
 }
