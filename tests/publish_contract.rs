@@ -1,4 +1,4 @@
-//! The publisher's contract with the store (DESIGN.md "Capture time and arrival", "Resumable
+//! The publisher's contract with the store (DURABILITY.md "Capture time and arrival", "Resumable
 //! publishing"): capture times are checked against the store's clock, retention counts from
 //! arrival as well as capture, a refused frame never claims time, and a publisher that resumes
 //! from its last acknowledged frame after any refusal loses nothing and doubles nothing.
@@ -107,6 +107,62 @@ fn re_sent_frames_that_are_stored_are_acknowledged_not_doubled() {
     // Different bytes at a stored time are refused.
     let mut w = store.open_stream("cam-r", Codec::H264, b"cfg").expect("stream");
     assert!(matches!(w.append(frame(10, b"other bytes")).expect_err("different"), Error::Overlap { .. }));
+}
+
+/// A publisher that reconnects while its old call is still finishing: frames the old stream
+/// makes durable after the new one began re-sending are found, not refused as other video.
+#[test]
+fn a_resumed_stream_finds_frames_made_durable_after_it_began() {
+    let clock = Arc::new(SimClock::new(T0_US));
+    let store = open(Arc::new(MemVfs::new()), &clock);
+    let p = |n: u64| payload("cam-o", n, n.is_multiple_of(25));
+    let mut old = store.open_stream("cam-o", Codec::H264, b"cfg").expect("old stream");
+    for n in 0..20 {
+        old.append(frame(n, &p(n))).expect("append");
+    }
+    old.flush().expect("flush");
+    let mut new = store.open_stream("cam-o", Codec::H264, b"cfg").expect("new stream");
+    for n in 0..10 {
+        new.append(frame(n, &p(n))).expect("stored: acknowledged");
+    }
+    // The old call goes on a little and makes it durable.
+    for n in 20..30 {
+        old.append(frame(n, &p(n))).expect("append");
+    }
+    old.close().expect("close");
+    for n in 10..40 {
+        new.append(frame(n, &p(n))).unwrap_or_else(|e| panic!("frame {n}: {e}"));
+    }
+    new.close().expect("close");
+    let got = all_frames(&store, "cam-o");
+    assert_eq!(got.len(), 40);
+    assert!(got.windows(2).all(|w| w[0].ts_us < w[1].ts_us));
+}
+
+/// Once a stream has stored a frame of its own, it may not overlap stored video, even after
+/// that frame rolled its segment: re-sending is for the start of a resumed stream.
+#[test]
+fn after_its_first_new_frame_a_stream_may_not_overlap_stored_video() {
+    let clock = Arc::new(SimClock::new(T0_US));
+    let store = open(Arc::new(MemVfs::new()), &clock);
+    let p = |n: u64| payload("cam-s", n, true);
+    let append = |w: &mut StreamWriter, n: u64| {
+        let bytes = p(n);
+        w.append(FrameIn { ts_us: T0_US + n as i64 * FRAME_US, pts_90k: None, key: true, payload: &bytes })
+    };
+    let mut a = store.open_stream("cam-s", Codec::H264, b"cfg").expect("stream");
+    for n in (0..10).chain(1000..1010) {
+        append(&mut a, n).expect("append");
+    }
+    a.close().expect("close");
+    let mut b = store.open_stream("cam-s", Codec::H264, b"cfg").expect("stream");
+    for n in 0..10 {
+        append(&mut b, n).expect("re-sent: acknowledged");
+    }
+    // A new frame 20 s on (a gap: it rolls the segment), then the stored frames after it.
+    append(&mut b, 500).expect("a new frame");
+    let e = append(&mut b, 1000).expect_err("overlaps stored video");
+    assert!(matches!(e, Error::Overlap { .. }), "{e}");
 }
 
 /// Finding 2, the full disk: the refused frame does not extend the segment's time range, and

@@ -47,7 +47,7 @@ fn append(c: &mut Criterion) {
                 }
             })
         });
-        // The server's check at the door (an Annex B access unit of the codec, DESIGN.md "The
+        // The server's check at the door (an Annex B access unit of the codec, DURABILITY.md "The
         // publisher's contract"), beside the append it guards: a frame starting with its slice,
         // as most do; it stops at the first slice NAL, so its cost does not grow with the size.
         let mut framed = vec![0, 0, 0, 1, 0x65];

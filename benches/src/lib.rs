@@ -83,6 +83,16 @@ pub fn noise(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A frame's bytes as a camera sends them: an Annex B slice NAL unit (start code, a non-IDR
+/// slice header byte) followed by incompressible bytes. The server checks at its door that a
+/// payload is an access unit of the stream's codec, so pure noise would be refused.
+pub fn video_like(len: usize) -> Vec<u8> {
+    let mut v = vec![0, 0, 0, 1, 0x41];
+    v.extend_from_slice(&noise(len.saturating_sub(v.len())));
+    v.truncate(len);
+    v
+}
+
 /// What one run measured.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunResult {

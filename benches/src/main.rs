@@ -15,9 +15,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use camvault_benches::{
-    noise, run_engine, run_lookup, run_raw, run_recovery, run_rotation, run_sequential, run_sweep, Policy, Profile, Scenario,
-};
+use camvault_benches::{run_engine, run_lookup, run_raw, run_recovery, run_rotation, run_sequential, run_sweep, Policy, Profile, Scenario};
 
 /// Default least MB a stream count's runs move. At 1 GB the engine's 64-stream run lasted
 /// 0.6 s, 0.43 s of it the final close: every stream's unsynced data fsynced at once, since
@@ -69,7 +67,7 @@ fn main() {
         arg("--min-mb").and_then(|s| s.parse::<u64>().ok()).unwrap_or(if smoke { 0 } else { RUN_MB_MIN_DEFAULT }) * 1_000_000;
     let repeat: usize = arg("--repeat").and_then(|s| s.parse().ok()).unwrap_or(1).clamp(1, REPEAT_MAX);
     let profile = if args.iter().any(|a| a == "--4k") { Profile::UHD_16MBIT } else { Profile::HD_4MBIT };
-    let payload = noise(8 << 20);
+    let payload = camvault_benches::video_like(8 << 20);
     let policy = match arg("--flush").as_deref() {
         None | Some("interval") => Policy::Interval,
         Some("gop") => Policy::PerGop,

@@ -60,7 +60,7 @@ pub struct StoreConfig {
     pub sweep_interval: Option<Duration>,
     /// Largest distance between a frame's capture time and the store's clock: no frame may be
     /// stamped further ahead, and a live stream's frames no further behind (a backfill's may
-    /// be as old as [`CAPTURE_TIME_MIN_US`]). DESIGN.md "Capture time and arrival".
+    /// be as old as [`CAPTURE_TIME_MIN_US`]). DURABILITY.md "Capture time and arrival".
     pub capture_skew_us: i64,
 }
 
@@ -75,7 +75,7 @@ pub const CAPTURE_SKEW_US_MAX: i64 = 86_400_000_000;
 
 impl StoreConfig {
     /// Defaults under `root`: 15-minute segments capped at 1 GiB, a 1 s group commit, keys in
-    /// `root/keys`, KEKs in `root/kek` (see DESIGN.md "Defaults" for why).
+    /// `root/keys`, KEKs in `root/kek` (see DESIGN.md "Defaults and limits" for why).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
         StoreConfig {

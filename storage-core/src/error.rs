@@ -30,7 +30,7 @@ pub enum Error {
         last_ts_us: i64,
     },
 
-    /// A frame's capture time is not one the store can trust (DESIGN.md "Capture time and
+    /// A frame's capture time is not one the store can trust (DURABILITY.md "Capture time and
     /// arrival"): before [`crate::CAPTURE_TIME_MIN_US`], after the store's clock plus the skew
     /// bound, or, in a live stream, further before the store's clock than the skew bound.
     #[error("camera {camera}: capture time {ts_us} us {reason}")]

@@ -2,7 +2,7 @@
 //! directory and the file KEK provider's directory (a PKCS#11 provider carries it in its KEK
 //! labels). Opening a root with another store's key directory, or with its key directory
 //! missing, is refused with both paths named: nothing is created, rotated or destroyed. Format
-//! and rules in DESIGN.md "Store identity".
+//! and rules in FORMAT.md "Store identity `store.id`".
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

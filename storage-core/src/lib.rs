@@ -17,7 +17,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The on-disk formats, crash invariants, fsync order and key hierarchy are in `DESIGN.md`.
+//! The on-disk formats, crash invariants, fsync order and key hierarchy are in `FORMAT.md`, `DURABILITY.md` and `SECURITY.md`.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -1,5 +1,5 @@
 //! An append-only, CRC-framed, fsynced record log: the shared shape of the catalog, the control
-//! log (retention and holds) and the audit log. Layout in DESIGN.md "Record logs".
+//! log (retention and holds) and the audit log. Layout in FORMAT.md "Record logs".
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,7 +79,7 @@ fn all_zero(file: &dyn VfsFile, from: u64, to: u64, path: &Path) -> Result<bool>
 
 impl RecordLog {
     /// Opens `dir/name` with `magic`, calling `on_record(offset, type, payload)` for each record
-    /// in order. Only a torn final write is a torn tail (DESIGN.md "Record logs"): the first
+    /// in order. Only a torn final write is a torn tail (FORMAT.md "Record logs"): the first
     /// bad record at or after `durable_len` (bytes an anchor kept elsewhere says were
     /// acknowledged) whose declared length runs to or past the end of the file, or after which
     /// every byte is zero. A writer cuts it (recording it in [`RecordLog::torn`]); any other

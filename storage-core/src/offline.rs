@@ -1,7 +1,7 @@
 //! Maintenance over a store that no process has open: read-only, never creating, cutting,
 //! rotating or destroying anything. Each tool takes a shared lock on the root, so it refuses
 //! to run beside a server (whose exclusive lock conflicts) instead of reading files that are
-//! being written (DESIGN.md "Store identity and locks").
+//! being written (SECURITY.md "Store identity and locks").
 
 use std::path::Path;
 use std::sync::Arc;

@@ -76,7 +76,7 @@ pub struct KekConfig {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KekProviderKind {
-    /// KEK files on a local volume (development; DESIGN.md, "Threat model").
+    /// KEK files on a local volume (development; SECURITY.md "Crypto-erase").
     #[default]
     File,
     /// A hardware security module over PKCS#11.

@@ -178,8 +178,8 @@ fn h264_size(sps: &[u8]) -> Option<(u32, u32)> {
     }
     b.u(8)?; // constraint flags
     let level = b.u(8)?;
-    if !(9..=62).contains(&level) || b.ue()? > 31 {
-        return None; // level_idc 1b..6.2, seq_parameter_set_id 0..=31
+    if level > 62 || b.ue()? > 31 {
+        return None; // level_idc up to 6.2 (some firmware writes 0), seq_parameter_set_id 0..=31
     }
     let mut chroma = 1;
     if matches!(profile, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
@@ -273,9 +273,10 @@ fn h265_sps(sps: &[u8]) -> Option<H265Sps> {
     b.u(1)?;
     let start = b.pos / 8;
     let ptl: [u8; 12] = r.get(start..start + 12)?.try_into().ok()?;
-    // general_profile_idc: 1..=11 are the profiles H.265 defines (A.3); 0 and the rest are
-    // not an SPS a decoder takes.
-    if !(1..=11).contains(&(ptl[0] & 0x1f)) {
+    // general_profile_idc: 1..=11 are the profiles H.265 defines (A.3); another, with no
+    // compatibility flag either, is not an SPS a decoder takes.
+    // Some firmware writes profile_idc 0 and sets only the compatibility flags.
+    if !(1..=11).contains(&(ptl[0] & 0x1f)) && ptl[1..5] == [0; 4] {
         return None;
     }
     b.pos += 96;

@@ -83,7 +83,7 @@ pub fn status(e: Error) -> Status {
         Error::Closed => Status::aborted(e.to_string()),
         _ if e.is_no_space() => Status::resource_exhausted(e.to_string()),
         // A failed fsync poisons its writer for good: the store takes writes again once the
-        // server is restarted (DESIGN.md "Resumable publishing").
+        // server is restarted (DURABILITY.md "Resumable publishing").
         Error::Poisoned(_) => Status::unavailable(format!("{e}; the server must be restarted before it takes writes again")),
         _ => Status::internal(e.to_string()),
     }
@@ -438,7 +438,7 @@ impl Api {
             .await;
             // Seal: everything accepted becomes durable, then the final acknowledgement. A call
             // that ends in an error says first what is durable, so that the publisher resumes
-            // from there (DESIGN.md "Resumable publishing").
+            // from there (DURABILITY.md "Resumable publishing").
             let durable_before = writer.durable_seq();
             let closed = tokio::task::block_in_place(|| writer.close());
             let durable = if closed.is_ok() { accepted } else { durable_before };
@@ -793,7 +793,7 @@ enum ExportSink {
     /// Digested on the muxing thread, while the fragment it has just written is still in its
     /// cache. For BLAKE3 (about 0.1 CPU s/GB) this beat a hashing thread: the one-hour export
     /// went from 0.70-0.72 to 0.73-0.87 of the raw read, with a third fewer threads contending
-    /// for the cores and no hand-off per fragment (BENCHMARKS.md, History).
+    /// for the cores and no hand-off per fragment (docs/decisions/benchmark-history.md, History).
     Inline { hasher: FileHasher, wire: mpsc::Sender<Result<proto::ExportChunk, Status>> },
     /// Digested on a thread of its own, which also sends: SHA-256 (about 0.5 CPU s/GB) costs
     /// more than reading, decrypting and muxing together, and on the muxing thread it took the
@@ -845,6 +845,11 @@ impl ExportSink {
         }
     }
 }
+
+/// Furthest a frame's presentation time may stray from its decode time and still continue its
+/// run in an export: 10 s at 90 kHz, far more than any reordering delay or clock drift, far less
+/// than the jump of a camera whose clock restarted at 0.
+const RUN_DRIFT_90K_MAX: i64 = 10 * 90_000;
 
 /// Microseconds since `origin_us` on a 90 kHz clock, saturating.
 fn to_90k_since(us: i64, origin_us: i64) -> i64 {
@@ -928,17 +933,22 @@ fn export(
         pending.clear();
         Ok(())
     };
-    // Each run (a segment, a reconnect, a codec-configuration change: whatever the store
-    // starts with a configuration) keeps its own presentation-time origin: a camera that
-    // reconnects restarts its 90 kHz clock, and its frames must not be presented before the
-    // previous run's. A run's first frame sets (its capture time on the export's timeline,
-    // its pts); its other frames are presented relative to that.
+    // Each run of the stream keeps its own presentation-time origin: a camera that reconnects
+    // restarts its 90 kHz clock, and its frames must not be presented before the previous
+    // run's. A run continues while its frames' presentation times stay within
+    // `RUN_DRIFT_90K_MAX` of their decode times on the run's origin (a segment roll of a
+    // continuous stream stays in its run); a frame outside, or the first after a change of
+    // the codec configuration, starts a new run at its own decode time.
     let mut run: Option<(i64, i64)> = None;
-    let mut run_started = true;
+    let mut config_changed = true;
+    let mut last_config: Option<bytes::Bytes> = None;
     for item in reader {
         match item.map_err(status)? {
             ReadItem::Config(cfg) => {
-                run_started = true;
+                if last_config.as_ref() != Some(&cfg.data) {
+                    config_changed = true;
+                    last_config = Some(cfg.data.clone());
+                }
                 if codec.is_none() {
                     let desc = h26x::sample_description(cfg.codec, &cfg.data).map_err(Status::failed_precondition)?;
                     send(mp4::init_segment(&desc))?;
@@ -952,12 +962,18 @@ fn export(
                     break;
                 }
                 let fd = *first_dts_us.get_or_insert(f.ts_us);
-                if run_started {
-                    run = f.pts_90k.map(|p| (to_90k_since(f.ts_us, fd), p));
-                    run_started = false;
+                let dts_90k = to_90k_since(f.ts_us, fd);
+                let on_run = |(origin, p0): (i64, i64), p: i64| origin.saturating_add(p.saturating_sub(p0));
+                let breaks = match (run, f.pts_90k) {
+                    (Some(r), Some(p)) => on_run(r, p).saturating_sub(dts_90k).abs() > RUN_DRIFT_90K_MAX,
+                    _ => true,
+                };
+                if config_changed || breaks {
+                    run = f.pts_90k.map(|p| (dts_90k, p));
+                    config_changed = false;
                 }
                 let pts_90k = match (run, f.pts_90k) {
-                    (Some((origin, p0)), Some(p)) => Some(origin.saturating_add(p.saturating_sub(p0))),
+                    (Some(r), Some(p)) => Some(on_run(r, p)),
                     _ => None,
                 };
                 start_key_us.get_or_insert(f.ts_us);

@@ -1,4 +1,4 @@
-//! The ingest and read contract over gRPC with the real server (DESIGN.md "The publisher's
+//! The ingest and read contract over gRPC with the real server (DURABILITY.md "The publisher's
 //! contract"): capture times checked against the server's clock, a refused publisher told
 //! what is durable and able to resume, validation at the door, bad protobuf, revoked tokens.
 

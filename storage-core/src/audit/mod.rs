@@ -3,7 +3,7 @@
 //! Each record's payload is `hash (32) ‖ body`, where `body` is the entry as JSON and
 //! `hash = SHA-256(previous hash ‖ body)`. Every [`CHECKPOINT_EVERY`] entries the store appends a
 //! checkpoint entry whose body carries an Ed25519 signature of the previous entry's hash. Verify
-//! recomputes the chain and checks every signature; see DESIGN.md "Audit log" for what it can
+//! recomputes the chain and checks every signature; see SECURITY.md "Audit log: tamper model" for what it can
 //! and cannot detect.
 
 use std::path::{Path, PathBuf};
@@ -232,7 +232,7 @@ impl AuditLog {
     /// says acknowledged entries must be there. Refuses (and changes
     /// nothing) when the log is missing, shorter than what was acknowledged, holds a different
     /// entry where the anchor's is, or is damaged anywhere but in a torn final write
-    /// (DESIGN.md "Audit log: tamper model").
+    /// (SECURITY.md "Audit log: tamper model").
     pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path, key_dir: &Path, signer: SigningKey) -> Result<(AuditLog, OpenFindings)> {
         let path = dir.join(FILE_NAME);
         let anchor = read_anchor(vfs, key_dir)?;

@@ -1,6 +1,6 @@
 //! The catalog: a durable, append-only log of segment lifecycle events (opened, sealed,
 //! dropped), from which the camera/time index is rebuilt at open without reading any segment.
-//! Layout in DESIGN.md "Catalog".
+//! Layout in FORMAT.md "Catalog records".
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,7 +35,7 @@ pub struct SealedInfo {
     /// Sum of frame payload sizes (plaintext bytes).
     pub payload_bytes: u64,
     /// The store's clock when the segment was sealed: no frame of it arrived later. Retention
-    /// counts from here as well as from the capture times (DESIGN.md "Retention"), so a camera
+    /// counts from here as well as from the capture times (DURABILITY.md "Capture time and arrival"), so a camera
     /// whose clock says 1970 does not lose the video it recorded today.
     pub sealed_us: i64,
 }
@@ -95,7 +95,9 @@ impl CatalogRecord {
                 let camera = std::str::from_utf8(&p[17..]).ok()?.to_string();
                 Some(CatalogRecord::Open { segment: SegmentId(le_u64(p, 0)), created_us: le_i64(p, 8), camera })
             }
-            (2, 64) => Some(CatalogRecord::Sealed {
+            // A Sealed record from before the seal time was kept (56 bytes): its arrival is
+            // taken as its last capture time, the rule it was written under.
+            (2, n @ (56 | 64)) => Some(CatalogRecord::Sealed {
                 segment: SegmentId(le_u64(p, 0)),
                 info: SealedInfo {
                     first_ts_us: le_i64(p, 8),
@@ -105,7 +107,7 @@ impl CatalogRecord {
                     footer_offset: le_u64(p, 32),
                     file_len: le_u64(p, 40),
                     payload_bytes: le_u64(p, 48),
-                    sealed_us: le_i64(p, 56),
+                    sealed_us: le_i64(p, if n == 64 { 56 } else { 16 }),
                 },
             }),
             (3, 8) => Some(CatalogRecord::Dropped { segment: SegmentId(le_u64(p, 0)) }),
@@ -199,7 +201,7 @@ mod tests {
         let mut b = Vec::new();
         let (ty, p) = rec.encode();
         crate::log::frame(ty, &p, &mut b);
-        // DESIGN.md "Catalog": crc, len=64, type=2, then nine little-endian fields.
+        // FORMAT.md "Catalog records": crc, len=64, type=2, then nine little-endian fields.
         assert_eq!(&b[4..9], &[64, 0, 0, 0, 2]);
         assert_eq!(&b[9..17], &7u64.to_le_bytes());
         assert_eq!(&b[57..65], &8u64.to_le_bytes());

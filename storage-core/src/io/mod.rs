@@ -60,7 +60,7 @@ pub enum LockMode {
 pub trait VfsLock: Send + Sync {}
 
 /// Permission bits of files the engine creates: owner read and write only. Key files must
-/// never be readable by another local user (DESIGN.md "File modes").
+/// never be readable by another local user (SECURITY.md "File modes").
 pub const FILE_MODE: u32 = 0o600;
 /// Permission bits of directories the engine creates: owner only.
 pub const DIR_MODE: u32 = 0o700;

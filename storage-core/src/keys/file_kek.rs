@@ -1,5 +1,5 @@
 //! A KEK provider that keeps each KEK in a file. For development and single-host set-ups only:
-//! see DESIGN.md "Key hierarchy" for what it does not protect against.
+//! see SECURITY.md "Key hierarchy and threat model" for what it does not protect against.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -115,7 +115,7 @@ impl KekProvider for FileKekProvider {
     fn destroy_kek(&self, kek: KekId) -> Result<()> {
         let path = self.path(kek);
         // Overwrite, fsync, unlink, fsync dir. On a journalling or copy-on-write file system or
-        // an SSD the old blocks may survive; DESIGN.md says so.
+        // an SSD the old blocks may survive; SECURITY.md "Crypto-erase" says so.
         (|| {
             let f = self.vfs.open(&path)?;
             f.write_at(&[0u8; KEK_FILE_BYTES], 0)?;

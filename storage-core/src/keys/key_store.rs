@@ -1,6 +1,6 @@
 //! The key store: a generation file of data keys, each wrapped under the generation key (GK),
 //! the GK itself wrapped by a KEK the [`KekProvider`] holds. One fixed-size record per segment,
-//! sorted by segment id, in a directory apart from the segments. Layout in DESIGN.md "Key store".
+//! sorted by segment id, in a directory apart from the segments. Layout in FORMAT.md "Key store".
 //!
 //! Crypto-erase rotates the generation: a new KEK and GK, the surviving keys rewrapped into a
 //! new file, the old KEK destroyed in the provider. Every copy of an older generation file (on
@@ -21,7 +21,7 @@ const VERSION: u16 = 1;
 pub(crate) const HEADER_LEN: usize = 160;
 pub(crate) const RECORD_LEN: usize = 96;
 
-// Header fields, each offset built from the previous (DESIGN.md "Key store").
+// Header fields, each offset built from the previous (FORMAT.md "Key store").
 const H_VERSION: usize = 8;
 const H_HEADER_LEN: usize = H_VERSION + 2;
 const H_RECORD_LEN: usize = H_HEADER_LEN + 2;
@@ -501,8 +501,8 @@ impl KeyStore {
     }
 
     /// Crypto-erase step: a new generation under a new KEK and GK holding every key except
-    /// `remove`, then the old KEK destroyed and the old file removed (DESIGN.md "Lifecycle:
-    /// erase"). Cost: one sequential read and write of the key store and two AES-GCM operations
+    /// `remove`, then the old KEK destroyed and the old file removed (DURABILITY.md "Lifecycle and
+    /// fsync order"). Cost: one sequential read and write of the key store and two AES-GCM operations
     /// on 32 bytes per kept key.
     pub fn rotate(&mut self, remove: &BTreeSet<SegmentId>, now_us: i64) -> Result<Rotation> {
         if let Some(p) = &self.poisoned {

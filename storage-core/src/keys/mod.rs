@@ -1,7 +1,7 @@
 //! The key hierarchy: per-segment data keys, wrapped by a key-encryption key (KEK) held by a
 //! [`KekProvider`], stored in the [`KeyStore`] (a directory apart from the segments).
 //!
-//! See DESIGN.md "Key hierarchy" for the threat model.
+//! See SECURITY.md "Key hierarchy and threat model" for the threat model.
 
 mod data_key;
 mod file_kek;

@@ -1,4 +1,4 @@
-//! Byte layout of segment files. The single source of truth is DESIGN.md "Segment file"; the
+//! Byte layout of segment files. The single source of truth is FORMAT.md "Segment file"; the
 //! offsets here are built one from the previous and checked by the compiler.
 
 use crate::{Error, Result, SegmentId};
@@ -23,7 +23,7 @@ pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"CAMVSEG1";
 pub(crate) const FORMAT_VERSION: u16 = 1;
 pub(crate) const TAG_LEN: usize = 16;
 
-// Segment header (DESIGN.md "Segment header").
+// Segment header (FORMAT.md "Segment header").
 pub(crate) const HEADER_LEN: usize = 128;
 const H_VERSION: usize = 8;
 const H_HEADER_LEN: usize = H_VERSION + 2;
@@ -35,7 +35,7 @@ const H_CAMERA: usize = H_CAMERA_LEN + 8;
 const H_CRC: usize = HEADER_LEN - 4;
 const _: () = assert!(H_CAMERA + CAMERA_ID_BYTES_MAX <= H_CRC);
 
-// Record header (DESIGN.md "Record").
+// Record header (FORMAT.md "Record").
 pub(crate) const RECORD_HEADER_LEN: usize = 32;
 const R_CRC: usize = 0;
 const R_BODY_LEN: usize = R_CRC + 4;
@@ -370,7 +370,7 @@ pub(crate) fn footer_record(ordinal: u32, codec: Codec, footer: &Footer) -> Vec<
 mod tests {
     use super::*;
 
-    /// The worked example of DESIGN.md "Record": a key frame, ordinal 3, ts 1 s, pts 90000,
+    /// The worked example of FORMAT.md "Record": a key frame, ordinal 3, ts 1 s, pts 90000,
     /// H.265, 4-byte payload (20-byte body with the tag).
     #[test]
     fn record_header_matches_the_design_example() {

@@ -1,5 +1,5 @@
 //! Segment files: one camera's frames for a stretch of time, encrypted record by record.
-//! Layout in DESIGN.md "Segment file".
+//! Layout in FORMAT.md "Segment file".
 
 pub(crate) mod format;
 pub(crate) mod reader;

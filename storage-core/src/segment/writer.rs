@@ -25,7 +25,7 @@ pub const BUFFER_KEEP_BYTES_MAX: usize = 4 << 20;
 /// A stream's buffer may hold this much while the disk is full before appends are refused.
 pub const NO_SPACE_BUFFER_BYTES_MAX: usize = 4 << 20;
 
-/// Sidecar key-frame index entry (DESIGN.md "Key-frame sidecar").
+/// Sidecar key-frame index entry (FORMAT.md "Key-frame sidecar").
 pub(crate) const KFI_ENTRY_LEN: usize = 48;
 
 /// A key frame of an open segment with what recovery needs to resume a scan at it.
@@ -118,7 +118,7 @@ fn io_err<'a>(op: &'static str, path: &'a std::path::Path) -> impl Fn(std::io::E
 
 impl SegmentWriter {
     /// Creates the segment file and its sidecar. Order: create file, write header, fsync file,
-    /// fsync directory (DESIGN.md "Lifecycle: create"). The caller has already made the data
+    /// fsync directory (DURABILITY.md "Lifecycle and fsync order"). The caller has already made the data
     /// key and the catalog's Open record durable.
     pub(crate) fn create(vfs: &Arc<dyn Vfs>, dir: &std::path::Path, header: &SegmentHeader, key: &DataKey) -> Result<SegmentWriter> {
         let path = dir.join(segment_file_name(header.segment));

@@ -1,5 +1,5 @@
 //! Retention sweeps, explicit erasure, legal holds, decommissioning and the audit API
-//! (DESIGN.md "Lifecycle: erase" and "Legal holds").
+//! (DURABILITY.md "Lifecycle and fsync order" and "Legal holds").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -664,7 +664,7 @@ impl Store {
         ctl.append(&ControlRecord::EraseIntent(intent.clone()))?;
         ctl.next_erase += 1;
         ctl.pending.insert(intent.erase_id, intent.clone());
-        // The marker is the commit point (DESIGN.md "Lifecycle: decommission"): from here on no
+        // The marker is the commit point (DURABILITY.md "Lifecycle and fsync order"): from here on no
         // open of this store creates a key store or accepts a write, whatever happens next.
         if let Err(e) = write_decommission_marker(&self.inner, &DecommissionMarker::started(&self.inner, &intent)) {
             // Not decided: abandon the intent (an open would abandon it too).
@@ -729,7 +729,7 @@ impl Store {
 /// Whether `e` has outlived a retention whose cutoff is `cutoff_us` (now minus the camera's
 /// retention): sealed, captured before the cutoff, and arrived before it. Capture times are
 /// the camera's word; the seal time is the store's clock. A camera that stamps 1970 keeps its
-/// video for the retention counted from when it arrived (DESIGN.md "Retention").
+/// video for the retention counted from when it arrived (DURABILITY.md "Capture time and arrival").
 pub(crate) fn expired(e: &IndexEntry, cutoff_us: i64) -> bool {
     matches!(e.state, EntryState::Sealed(info) if e.last_ts_us < cutoff_us && info.sealed_us < cutoff_us)
 }

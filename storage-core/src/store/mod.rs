@@ -224,7 +224,7 @@ impl Store {
         config.validate()?;
         let vfs = env.vfs;
         let now = env.clock.now_us();
-        // DESIGN.md "Store identity and locks": lock the root, establish (or, for a new store
+        // SECURITY.md "Store identity and locks": lock the root, establish (or, for a new store
         // only, create) the identity, lock the key directory, check key file modes, bind the
         // KEK provider. Until all of that holds nothing is created, rotated or destroyed.
         vfs.create_dir_all(&config.root).map_err(|e| Error::io("create store root", &config.root, e))?;
@@ -705,7 +705,7 @@ impl Inner {
     }
 
     /// Create: data key (key store, fsynced), catalog Open (fsynced), then the file
-    /// (DESIGN.md "Lifecycle: create").
+    /// (DURABILITY.md "Lifecycle and fsync order").
     pub(crate) fn create_segment(&self, camera: &str) -> Result<SegmentWriter> {
         let res = self.create_segment_inner(camera);
         match &res {
@@ -753,7 +753,7 @@ impl Inner {
     /// Makes a new segment's data key and catalog Open record durable, group-committed with
     /// every other creation waiting at the same time: the first waiter leads, writing the whole
     /// batch's keys with one write and one key store fsync, then their Open records with one
-    /// catalog fsync (DESIGN.md "Lifecycle: create"). Without this, streams that open together
+    /// catalog fsync (DURABILITY.md "Lifecycle and fsync order"). Without this, streams that open together
     /// (a server restart, a site reconnecting) would queue behind two fsyncs each.
     fn register_segment(&self, camera: &str, key: &DataKey, now: i64) -> Result<SegmentId> {
         self.creations.submit(

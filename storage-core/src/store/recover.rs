@@ -1,4 +1,4 @@
-//! Crash recovery at open (DESIGN.md "Lifecycle: recover").
+//! Crash recovery at open (DURABILITY.md "Lifecycle and fsync order").
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ pub(crate) fn recover(inner: &Arc<Inner>, entries: BTreeMap<SegmentId, CatalogEn
                 recovered += 1;
                 // A segment left open by a stream whose writes failed may hold, past what was
                 // durable, frames its publisher never had acknowledged and re-sent on a later
-                // stream: the camera's next segment (by time) ends it (DESIGN.md "Resumable
+                // stream: the camera's next segment (by time) ends it (DURABILITY.md "Resumable
                 // publishing").
                 let own = starts.get(&e.camera).and_then(|v| v.iter().find(|(s, _)| *s == id).map(|(_, t)| *t));
                 // A later segment starting at the same time took all of this one's frames.

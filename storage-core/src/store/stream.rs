@@ -37,6 +37,9 @@ pub(crate) struct StreamState {
     synced_seq: u64,
     poisoned: Option<String>,
     closed: bool,
+    /// Whether the stream has stored a frame of its own (not only acknowledged re-sent ones):
+    /// from then on it may not overlap stored video.
+    stored_new: bool,
 }
 
 /// Shared between the writer handle and the store's flusher.
@@ -67,6 +70,7 @@ impl StreamShared {
             synced_seq: 0,
             poisoned: None,
             closed: false,
+            stored_new: false,
         };
         StreamShared { id, camera, index, state: Mutex::new(state), durable_seq: Mutex::new(0), durable_cv: Condvar::new() }
     }
@@ -91,7 +95,9 @@ impl StreamShared {
             if let Some(p) = &st.poisoned {
                 return Err(Error::Poisoned(p.clone()));
             }
-            if st.seq == st.synced_seq {
+            // A closed stream writes nothing more: one that ended unsealed has given up the
+            // time of what it never made durable (`release_unwritten`).
+            if st.seq == st.synced_seq || st.closed {
                 return Ok(());
             }
             let seq = st.seq;
@@ -120,6 +126,11 @@ impl StreamShared {
         }
         {
             let mut st = lock(&self.state)?;
+            // An fsync that finishes after the stream ended unsealed publishes nothing to
+            // readers: its segment was let go, and the time it held given up.
+            if st.closed && st.seg.is_none() {
+                return Ok(());
+            }
             if let Some(seg) = st.seg.as_mut() {
                 seg.complete_sync(&ticket);
             }
@@ -134,7 +145,7 @@ impl StreamShared {
 
     /// A stream that ends without a seal (poisoned, or its disk full) claims in the index only
     /// what is durable: the frames past it were never acknowledged, so a publisher re-sends
-    /// them on a new stream, which must not find the time taken (DESIGN.md "Resumable
+    /// them on a new stream, which must not find the time taken (DURABILITY.md "Resumable
     /// publishing"). The segment stays open for recovery at the next open.
     fn release_unwritten(&self, st: &StreamState) {
         let Some(seg) = st.seg.as_ref() else { return };
@@ -230,7 +241,7 @@ fn poison(st: &mut StreamState, e: &Error) {
     st.poisoned.get_or_insert_with(|| e.to_string());
 }
 
-/// What a stream's capture times are checked against (DESIGN.md "Capture time and arrival").
+/// What a stream's capture times are checked against (DURABILITY.md "Capture time and arrival").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StreamKind {
     /// Video as it is recorded: capture times within [`crate::StoreConfig::capture_skew_us`]
@@ -278,7 +289,7 @@ impl StreamWriter {
     /// once [`StreamWriter::durable_seq`] reaches it. Rejections leave stored data untouched,
     /// and a refused frame never extends a segment's time range.
     ///
-    /// Resuming (DESIGN.md "Resumable publishing"): before a stream's first new frame, a frame
+    /// Resuming (DURABILITY.md "Resumable publishing"): before a stream's first new frame, a frame
     /// identical to one stored (same capture time, key flag and bytes) is counted and
     /// acknowledged without being stored again, so a publisher that lost its acknowledgements
     /// may re-send from its last durable frame. Different bytes at a stored time are refused
@@ -391,6 +402,7 @@ impl StreamWriter {
             return Err(e);
         }
         st.last_ts = Some(frame.ts_us);
+        st.stored_new = true;
         st.seq += 1;
         let seq = st.seq;
         inner.metrics.frames_appended.fetch_add(1, Ordering::Relaxed);
@@ -456,6 +468,9 @@ impl StreamWriter {
         };
         if sealed.is_err() {
             self.shared.release_unwritten(&st);
+            // Let the segment go: nothing more is written to it, and an fsync in flight does
+            // not make more of it visible. Recovery seals it at the next open.
+            st.seg = None;
         }
         sealed
     }
@@ -499,7 +514,7 @@ pub(crate) fn new_header(segment: crate::SegmentId, camera: &str, created_us: i6
     SegmentHeader { segment, created_us, camera: camera.to_string() }
 }
 
-/// Refuses a frame whose capture time the store cannot trust (DESIGN.md "Capture time and
+/// Refuses a frame whose capture time the store cannot trust (DURABILITY.md "Capture time and
 /// arrival"); the message names the bound.
 fn check_capture_time(camera: &str, kind: StreamKind, ts_us: i64, now_us: i64, skew_us: i64) -> Result<()> {
     let refuse = |reason: String| Err(Error::CaptureTime { camera: camera.to_string(), ts_us, store_now_us: now_us, reason });
@@ -543,30 +558,20 @@ fn resend(
     frame: &FrameIn<'_>,
     refusal: Error,
 ) -> Result<u64> {
-    if st.seg.as_ref().is_some_and(|s| s.frames > 0) {
+    if st.stored_new {
         return Err(refusal);
     }
-    if resume.is_none() {
-        *resume = Some(crate::store::read_frames(inner, &shared.camera, frame.ts_us, i64::MAX)?.peekable());
-    }
-    let Some(stored) = resume.as_mut() else { return Err(refusal) };
-    let mut same = false;
-    while let Some(item) = stored.peek() {
-        match item {
-            Ok(crate::ReadItem::Frame(f)) if f.ts_us < frame.ts_us => {}
-            Ok(crate::ReadItem::Frame(f)) => {
-                same = f.ts_us == frame.ts_us && f.key == frame.key && f.payload[..] == *frame.payload;
-                break;
-            }
-            Ok(crate::ReadItem::Config(_)) => {}
-            Err(_) => break,
-        }
-        stored.next();
+    // The reader sees what was durable when it was made: a frame past it (made durable since,
+    // by another stream still finishing) is looked for again in a fresh reader.
+    let mut same = resume.as_mut().is_some_and(|r| stored_frame_is(r, frame));
+    if !same {
+        let mut fresh = crate::store::read_frames(inner, &shared.camera, frame.ts_us, i64::MAX)?.peekable();
+        same = stored_frame_is(&mut fresh, frame);
+        *resume = Some(fresh);
     }
     if !same {
         return Err(refusal);
     }
-    stored.next();
     st.last_ts = Some(frame.ts_us);
     st.seq += 1;
     let seq = st.seq;
@@ -578,4 +583,25 @@ fn resend(
     }
     inner.metrics.frames_resent.fetch_add(1, Ordering::Relaxed);
     Ok(seq)
+}
+
+/// Advances `stored` to `frame`'s capture time; true when the frame stored there is `frame`
+/// (same time, key flag and bytes), which is then consumed.
+fn stored_frame_is(stored: &mut std::iter::Peekable<crate::store::FrameReader>, frame: &FrameIn<'_>) -> bool {
+    while let Some(item) = stored.peek() {
+        match item {
+            Ok(crate::ReadItem::Frame(f)) if f.ts_us < frame.ts_us => {}
+            Ok(crate::ReadItem::Frame(f)) => {
+                let same = f.ts_us == frame.ts_us && f.key == frame.key && f.payload[..] == *frame.payload;
+                if same {
+                    stored.next();
+                }
+                return same;
+            }
+            Ok(crate::ReadItem::Config(_)) => {}
+            Err(_) => return false,
+        }
+        stored.next();
+    }
+    false
 }
